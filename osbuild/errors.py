@@ -1,0 +1,57 @@
+"""One hierarchy for every error a user can cause or fix.
+
+The CLI turns an `OsbuildError` into one line on stderr and its exit code;
+anything else is a bug and shows a traceback only with --debug.
+"""
+
+
+class OsbuildError(Exception):
+    """A user-facing error: printed as one line, never with a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class ManifestError(OsbuildError):
+    """The manifest is malformed or invalid; nothing was built."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class ModuleNotFound(ManifestError):
+    """A stage, assembler, source, input, device, mount or runner is unknown."""
+
+
+class StageFailed(OsbuildError):
+    """A stage exited non-zero."""
+
+    def __init__(self, pipeline: str, stage: str, stage_id: str, returncode: int, tail: list[str]):
+        self.pipeline, self.stage, self.stage_id = pipeline, stage, stage_id
+        self.returncode, self.tail = returncode, tail
+        super().__init__(
+            f"stage {stage} ({stage_id[:12]}) in pipeline '{pipeline}' failed "
+            f"with exit status {returncode}"
+        )
+
+
+class BuildRootError(OsbuildError):
+    """The build root cannot run stages (for example it has no Python)."""
+
+
+class SourceError(OsbuildError):
+    """A source could not be fetched or did not match its checksum."""
+
+
+class StoreError(OsbuildError):
+    """The object store is unusable (not a store, full, locked)."""
+
+
+class ToolMissing(OsbuildError):
+    """A host tool the engine needs is not installed."""

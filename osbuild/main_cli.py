@@ -1,0 +1,200 @@
+"""The `osbuild` command: load, validate, build, export, report.
+
+User errors become one line on stderr and a non-zero exit status; a
+traceback appears only for internal bugs and only with --debug.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import formats, store_cli
+from .errors import ManifestError, OsbuildError, StageFailed
+from .meta import default_libdir
+from .monitor import MONITORS, LogMonitor, Monitor
+from .objectstore import DEFAULT_MAX_SIZE, ObjectStore, default_store_path, parse_size
+from .pipeline import Builder
+from .validate import validate
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+TAIL_SHOWN = 10
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="osbuild", description="Build OS images from an osbuild manifest (v1 or v2).",
+        epilog="Also: 'osbuild store ls|du|prune' to look at and clean the store.")
+    parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (JSON, or YAML by "
+                        "extension), or - for standard input")
+    parser.add_argument("--store", type=Path, help="object store directory "
+                        f"(default: {default_store_path()})")
+    parser.add_argument("--output-directory", type=Path, help="where exports are written")
+    parser.add_argument("--export", action="append", default=[], metavar="NAME",
+                        help="pipeline to export (v1: 'tree' or 'assembler'); repeatable")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="PATTERN",
+                        help="keep matching pipelines/stages (glob on name or id) in the store")
+    parser.add_argument("--json", action="store_true", help="print a JSON result on stdout")
+    parser.add_argument("--monitor", choices=sorted(MONITORS), help="progress format")
+    parser.add_argument("--monitor-fd", type=int, default=1, help="fd the monitor writes to")
+    parser.add_argument("--inspect", action="store_true",
+                        help="print the manifest with pipeline and stage ids; build nothing")
+    parser.add_argument("--libdir", type=Path, help="where stages/, runners/, ... live")
+    parser.add_argument("--cache-max-size", metavar="SIZE",
+                        help="store size limit, like 20G or 'unlimited' (default: 20G)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser.parse_args(argv)
+
+
+def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ManifestError(f"manifest: duplicate key '{key}'")
+    return dict(pairs)
+
+
+def reject_constant(name: str) -> NoReturn:
+    raise ManifestError(f"manifest: {name} is not a valid JSON number")
+
+
+def read_manifest(path: str) -> Any:
+    """Parse the manifest text; every way it can be malformed is a ManifestError."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read manifest: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: manifest is not UTF-8 (byte {e.start})") from None
+    if not text.strip():
+        raise ManifestError(f"{path}: manifest is empty")
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text, object_pairs_hook=reject_duplicates,
+                          parse_constant=reject_constant)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON: line {e.lineno} column {e.colno}: "
+                            f"{e.msg}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: manifest nests too deeply") from None
+    except Exception as e:  # yaml's errors share no useful base we can import lazily
+        if type(e).__module__.startswith("yaml"):
+            raise ManifestError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise
+
+
+def host_runner(libdir: Path) -> str:
+    """The runner for stages that use the host as build root, from os-release."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            key, _, value = line.partition("=")
+            fields[key] = value.strip().strip('"')
+    except OSError:
+        pass
+    name = f"org.osbuild.{fields.get('ID', '')}{fields.get('VERSION_ID', '').split('.')[0]}"
+    return name if (libdir / "runners" / name).is_file() else "org.osbuild.linux"
+
+
+def make_monitor(args: argparse.Namespace) -> Monitor:
+    if args.monitor:
+        cls = MONITORS[args.monitor]
+        return cls(args.monitor_fd) if args.monitor == "JSONSeqMonitor" else cls()
+    return Monitor() if args.json else LogMonitor()
+
+
+def error_json(error: OsbuildError) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    if isinstance(error, StageFailed):
+        doc.update(pipeline=error.pipeline, stage=error.stage, id=error.stage_id,
+                   returncode=error.returncode, output=error.tail)
+    return doc
+
+
+def build(args: argparse.Namespace) -> int:
+    libdir = (args.libdir or default_libdir()).resolve()
+    manifest = formats.load(read_manifest(args.manifest), host_runner(libdir))
+    validate(manifest, libdir)
+    if args.inspect:
+        print(json.dumps(formats.describe(manifest), indent=2))
+        return 0
+    unknown = [n for n in args.export if n not in manifest.pipelines]
+    if unknown:
+        raise ManifestError(f"--export: no pipeline named '{unknown[0]}' "
+                            f"(pipelines: {', '.join(manifest.pipelines)})")
+    if args.export and not args.output_directory:
+        raise OsbuildError("--export needs --output-directory")
+    max_size = DEFAULT_MAX_SIZE
+    if args.cache_max_size is not None:
+        try:
+            max_size = parse_size(args.cache_max_size)
+        except ValueError as e:
+            raise OsbuildError(f"--cache-max-size: {e}") from None
+    monitor = make_monitor(args)
+    with ObjectStore(args.store or default_store_path(), max_size) as store:
+        builder = Builder(manifest, store, libdir, monitor, args.checkpoint)
+        result = builder.build(args.export, args.output_directory)
+    error = result.error
+    monitor.finish(result.success, [r for rs in result.results.values() for r in rs],
+                   str(error) if error else None)
+    if args.json:
+        doc = formats.output(manifest, result.results, result.success,
+                             error_json(error) if error else None)
+        print(json.dumps(doc, indent=2))
+    if error:
+        report(error)
+        return error.exit_code
+    return 0
+
+
+def report(error: OsbuildError) -> None:
+    for line in getattr(error, "problems", [str(error)]):
+        print(f"osbuild: error: {line}", file=sys.stderr)
+    if error.hint:
+        print(f"osbuild: hint: {error.hint}", file=sys.stderr)
+    if isinstance(error, StageFailed) and error.tail:
+        print(f"osbuild: last lines of {error.stage}'s output:", file=sys.stderr)
+        for line in error.tail[-TAIL_SHOWN:]:
+            print(f"    {line}", file=sys.stderr)
+
+
+def terminate(signum: int, _frame: Any) -> NoReturn:
+    """SIGTERM unwinds like Ctrl-C, so every resource is released on the way out."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["store"]:
+        return store_cli.main(argv[1:])
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        return build(args)
+    except OsbuildError as error:
+        report(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("osbuild: interrupted; cleaned up", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"osbuild: internal error: {type(e).__name__}: {e} (--debug shows a traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

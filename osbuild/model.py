@@ -1,0 +1,174 @@
+"""The format-independent model of a manifest, and the ids that key the cache.
+
+Both manifest loaders (formats/v1.py, formats/v2.py) produce this model; the
+rest of the engine never looks at raw manifest JSON again.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ManifestError
+
+
+@dataclass
+class Input:
+    type: str
+    origin: str
+    # Pipeline references are "name:<pipeline>"; source references are checksums.
+    references: dict[str, dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Device:
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+
+
+@dataclass
+class Mount:
+    name: str
+    type: str
+    source: str | None
+    target: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    name: str
+    options: dict[str, Any]
+    path: str  # where it sits in the manifest, for error messages
+    kind: str = "stages"  # or "assemblers": the libdir folder of its executable
+    inputs: dict[str, Input] = field(default_factory=dict)
+    devices: dict[str, Device] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    id: str = ""
+
+
+@dataclass
+class Pipeline:
+    name: str
+    path: str
+    build: str | None = None  # name of the pipeline whose tree is the build root
+    runner: str | None = None
+    source_epoch: int | None = None
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def id(self) -> str | None:
+        """A pipeline is its last stage; an empty pipeline is the empty tree."""
+        return self.stages[-1].id if self.stages else None
+
+    def dependencies(self) -> list[str]:
+        """Pipelines that must be built first: the build root and tree inputs."""
+        deps = [self.build] if self.build else []
+        for stage in self.stages:
+            for inp in stage.inputs.values():
+                if inp.origin == "org.osbuild.pipeline":
+                    deps += [pipeline_name(ref) for ref in inp.references]
+        return list(dict.fromkeys(deps))
+
+
+@dataclass
+class Manifest:
+    version: str
+    pipelines: dict[str, Pipeline]
+    # source type -> {checksum: item}, already unwrapped from "items"/"urls"
+    sources: dict[str, dict[str, Any]]
+    raw: dict[str, Any]
+
+    def order(self, wanted: list[str] | None = None) -> list[Pipeline]:
+        """Pipelines in build order: each after everything it depends on."""
+        done: dict[str, Pipeline] = {}
+
+        def visit(name: str, chain: tuple[str, ...]) -> None:
+            if name in done:
+                return
+            pipeline = self.pipelines[name]
+            for dep in pipeline.dependencies():
+                visit(dep, chain + (name,))
+            done[name] = pipeline
+
+        for name in wanted if wanted is not None else self.pipelines:
+            visit(name, ())
+        return list(done.values())
+
+    def compute_ids(self) -> None:
+        for pipeline in self.order():
+            compute_stage_ids(pipeline, self.pipelines)
+
+
+def pipeline_name(reference: str) -> str:
+    return reference[len("name:"):] if reference.startswith("name:") else reference
+
+
+def canonical_hash(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def compute_stage_ids(pipeline: Pipeline, pipelines: dict[str, Pipeline]) -> None:
+    """Chain each stage's id to everything that can change its output."""
+    build_id = pipelines[pipeline.build].id if pipeline.build else None
+    previous: str | None = None
+    for stage in pipeline.stages:
+        inputs = {}
+        for name, inp in stage.inputs.items():
+            refs = {}
+            for ref, opts in inp.references.items():
+                key = ref
+                if inp.origin == "org.osbuild.pipeline":
+                    key = pipelines[pipeline_name(ref)].id or "empty"
+                refs[key] = opts
+            inputs[name] = {"type": inp.type, "origin": inp.origin,
+                            "references": refs, "options": inp.options}
+        stage.id = canonical_hash({
+            "name": stage.name,
+            "options": stage.options,
+            "build": build_id,
+            "base": previous,
+            "runner": pipeline.runner,
+            "source-epoch": pipeline.source_epoch,
+            "inputs": inputs,
+            "devices": {n: vars(d) for n, d in stage.devices.items()},
+            "mounts": [vars(m) for m in stage.mounts],
+        })
+        previous = stage.id
+
+
+def check_graph(pipelines: dict[str, Pipeline]) -> None:
+    """Reject references to unknown pipelines and cycles, naming where they are."""
+    problems = []
+    for pipeline in pipelines.values():
+        if pipeline.build and pipeline.build not in pipelines:
+            problems.append(f"{pipeline.path}.build: unknown pipeline '{pipeline.build}'")
+        for stage in pipeline.stages:
+            for name, inp in stage.inputs.items():
+                if inp.origin != "org.osbuild.pipeline":
+                    continue
+                for ref in inp.references:
+                    if pipeline_name(ref) not in pipelines:
+                        problems.append(f"{stage.path}.inputs.{name}.references: "
+                                        f"unknown pipeline '{pipeline_name(ref)}'")
+    if problems:
+        raise ManifestError(problems)
+
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join(chain[chain.index(name):] + [name])
+            raise ManifestError(f"{pipelines[name].path}: pipelines depend on each other: {cycle}")
+        state[name] = "visiting"
+        for dep in pipelines[name].dependencies():
+            visit(dep, chain + [name])
+        state[name] = "done"
+
+    for name in pipelines:
+        visit(name, [])
