@@ -91,7 +91,9 @@ class BuildRoot:
             raise BuildRootError(f"runner {self.runner} not found in {self.libdir / 'runners'}")
 
     def command(self, tree: Path, api_dir: Path, binds: list[Bind], devices: list[str]) -> list[str]:
-        cmd = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session"]
+        # No user namespace: stages must be able to give files to any uid/gid.
+        cmd = [bwrap_path(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
         cmd += ["--ro-bind", str(self.root / "usr"), "/usr"]
         for name in TOP_LEVEL_USR_LINKS:
             path = self.root / name
