@@ -83,14 +83,17 @@ class BuildRoot:
     def check(self) -> None:
         """Fail early and clearly when the build root cannot run a stage."""
         if not (self.root / "usr").is_dir():
-            raise BuildRootError(f"build root {self.root} has no /usr: the build pipeline made no OS tree")
+            raise BuildRootError(f"build root {self.root} has no /usr: "
+                                 "the build pipeline made no OS tree")
         python = self.root / "usr/bin/python3"
         if not os.path.lexists(python):
-            raise BuildRootError(f"build root {self.root} has no /usr/bin/python3, which stages need")
+            raise BuildRootError(f"build root {self.root} has no /usr/bin/python3, "
+                                 "which stages need")
         if not (self.libdir / "runners" / self.runner).is_file():
             raise BuildRootError(f"runner {self.runner} not found in {self.libdir / 'runners'}")
 
-    def command(self, tree: Path, api_dir: Path, binds: list[Bind], devices: list[str]) -> list[str]:
+    def command(self, tree: Path, api_dir: Path, binds: list[Bind],
+                devices: list[str]) -> list[str]:
         # No user namespace: stages must be able to give files to any uid/gid.
         cmd = [bwrap_path(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session"]

@@ -49,15 +49,12 @@ def prepare(
     """Make the input's host directory and return its bind and stage data."""
     target = f"{INPUTS}/{name}"
     if inp.origin == "org.osbuild.pipeline":
-        (ref, opts), = list(inp.references.items())[:1] or [("", {})]
-        tree = pipeline_tree(pipeline_name(ref))
+        # Validation allows exactly one pipeline per input: one tree to bind.
+        (ref, opts), = inp.references.items()
         data: dict[str, Any] = {}
         if inp.type == "org.osbuild.files":
-            files = {}
-            for ref, opts in inp.references.items():
-                files[opts.get("file", "")] = {}
-            data = {"files": files}
-        return Bind(tree, target), data
+            data = {"files": {opts.get("file", ""): {}}}
+        return Bind(pipeline_tree(pipeline_name(ref)), target), data
     # Hard links give the stage exactly the files it asked for, at no cost.
     directory = workdir / f"input-{name}"
     directory.mkdir()

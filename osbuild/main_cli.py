@@ -6,7 +6,6 @@ traceback appears only for internal bugs and only with --debug.
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -133,7 +132,7 @@ def build(args: argparse.Namespace) -> int:
                             f"(pipelines: {', '.join(manifest.pipelines)})")
     if args.export and not args.output_directory:
         raise OsbuildError("--export needs --output-directory")
-    max_size = DEFAULT_MAX_SIZE
+    max_size: int | None = DEFAULT_MAX_SIZE
     if args.cache_max_size is not None:
         try:
             max_size = parse_size(args.cache_max_size)

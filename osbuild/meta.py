@@ -31,7 +31,7 @@ def default_libdir() -> Path:
     return Path("/usr/lib/osbuild")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_meta(libdir: Path, kind: str, name: str) -> dict[str, Any] | None:
     """The .meta.json of a module, or None when the module does not exist."""
     if "/" in name or name.startswith("."):

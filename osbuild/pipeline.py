@@ -6,6 +6,7 @@ up structurally.
 """
 
 import fnmatch
+import functools
 import os
 import tempfile
 import time
@@ -116,7 +117,8 @@ class Builder:
         obj = self.stack.enter_context(self.store.get(object_id))
         if obj is None:
             if required:
-                raise StoreError(f"object {object_id[:12]} of pipeline '{name}' vanished from the store")
+                raise StoreError(f"object {object_id[:12]} of pipeline '{name}' "
+                                 "vanished from the store")
             return None
         self.used.add(object_id)
         self.trees[name] = obj.tree
@@ -149,7 +151,7 @@ class Builder:
             if missing:
                 self.monitor.message(f"fetching {len(missing)} files ({kind})")
                 sources.fetch(self.libdir, kind, missing, cache,
-                              on_progress=lambda record, k=kind: self.monitor.source_progress(k, record))
+                              on_progress=functools.partial(self.monitor.source_progress, kind))
         unknown = wanted - {c for items in self.manifest.sources.values() for c in items}
         if unknown:
             raise OsbuildError(f"no source provides {sorted(unknown)[0]}")

@@ -18,8 +18,8 @@ def stage_problems(stage: Stage, libdir: Path) -> list[str]:
     if meta is None:
         return [f"{name_path}: unknown {kind} '{stage.name}'"]
     schema_2 = meta.get("schema_2", {})
-    problems = schema_errors(stage.options, options_schema(schema_2.get("options", meta.get("schema"))),
-                             f"{stage.path}.options")
+    schema = options_schema(schema_2.get("options", meta.get("schema")))
+    problems = schema_errors(stage.options, schema, f"{stage.path}.options")
     if stage.kind == "stages":
         problems += section_problems(stage, schema_2)
     return problems
@@ -37,7 +37,8 @@ def section_problems(stage: Stage, schema_2: dict[str, Any]) -> list[str]:
     raw_mounts = [{"name": m.name, "type": m.type, "target": m.target,
                    **({"source": m.source} if m.source else {}),
                    **({"options": m.options} if m.options else {})} for m in stage.mounts]
-    for section, value in (("inputs", raw_inputs), ("devices", raw_devices), ("mounts", raw_mounts)):
+    sections = {"inputs": raw_inputs, "devices": raw_devices, "mounts": raw_mounts}
+    for section, value in sections.items():
         if not value:
             continue
         if section not in schema_2:
@@ -52,6 +53,8 @@ def section_problems(stage: Stage, schema_2: dict[str, Any]) -> list[str]:
             continue
         if inp.origin not in spec["origins"]:
             problems.append(f"{path}.origin: {inp.type} cannot come from {inp.origin}")
+        elif inp.origin == "org.osbuild.pipeline" and len(inp.references) != 1:
+            problems.append(f"{path}.references: name exactly one pipeline")
         problems += schema_errors(inp.references, spec["references"], f"{path}.references")
         problems += schema_errors(inp.options, spec["options"], f"{path}.options")
     for name, dev in stage.devices.items():
@@ -84,7 +87,8 @@ def validate(manifest: Manifest, libdir: Path) -> None:
     problems: list[str] = []
     for pipeline in manifest.pipelines.values():
         if not (libdir / "runners" / (pipeline.runner or "")).is_file():
-            where = f"{pipeline.path}.runner" if manifest.version == "2" else f"{pipeline.path}.build.runner"
+            where = f"{pipeline.path}.runner" if manifest.version == "2" \
+                else f"{pipeline.path}.build.runner"
             problems.append(f"{where}: unknown runner '{pipeline.runner}'")
         for stage in pipeline.stages:
             problems += stage_problems(stage, libdir)

@@ -52,7 +52,8 @@ class Osbuild:
                "--store", str(self.store), str(manifest), *args]
         proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=self.workdir)
         if check and proc.returncode != 0:
-            raise AssertionError(f"osbuild failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"osbuild failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
         return proc
 
     def build_json(self, manifest: dict, *args: str) -> dict:

@@ -16,7 +16,8 @@ def load(description: Any, host_runner: str) -> Manifest:
         return v2.load(description, host_runner)
     if version == "1" and "version" not in description:
         return v1.load(description, host_runner)
-    raise ManifestError(f"version: unsupported manifest version {version!r} (known: '2', or none for v1)")
+    raise ManifestError(f"version: unsupported manifest version {version!r} "
+                        "(known: '2', or none for v1)")
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

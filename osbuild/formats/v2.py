@@ -147,7 +147,8 @@ def load(description: dict[str, Any], host_runner: str) -> Manifest:
         # Without a build pipeline the host is the build root and gets its own runner;
         # a build root made by a pipeline gets the generic runner unless one is named.
         runner = desc.get("runner") or ("org.osbuild.linux" if build else host_runner)
-        stages = [load_stage(s, f"{path}.stages[{j}]") for j, s in enumerate(desc.get("stages", []))]
+        stages = [load_stage(s, f"{path}.stages[{j}]")
+                  for j, s in enumerate(desc.get("stages", []))]
         pipelines[name] = Pipeline(name, path, build, runner, desc.get("source-epoch"), stages)
     raise_if(problems)
     check_graph(pipelines)

@@ -317,6 +317,7 @@ def test_json_seq_monitor_keeps_stage_errors(osbuild: Osbuild) -> None:
     proc = osbuild.run(manifest, "--monitor", "JSONSeqMonitor", check=False)
     assert proc.returncode == 1
     records = [json.loads(chunk) for chunk in proc.stdout.split("\x1e") if chunk.strip()]
-    failed = [r for r in records if r.get("result", {}).get("success") is False and "id" in r["result"]]
+    failed = [r for r in records
+              if r.get("result", {}).get("success") is False and "id" in r["result"]]
     assert "boom-reason" in failed[0]["result"]["output"]
     assert "exit status 4" in records[-1]["result"]["error"]

@@ -100,7 +100,8 @@ def test_tree_input_id_follows_referenced_pipeline() -> None:
                        "inputs": {"tree": {"type": "org.osbuild.tree",
                                            "origin": "org.osbuild.pipeline",
                                            "references": ["name:os"]}}}]})
-    assert load_valid(manifest(1)).pipelines["img"].id != load_valid(manifest(2)).pipelines["img"].id
+    ids = [load_valid(manifest(n)).pipelines["img"].id for n in (1, 2)]
+    assert ids[0] != ids[1]
 
 
 def test_option_type_error_names_json_path() -> None:
