@@ -1,0 +1,232 @@
+"""Mounts of a v2 stage: file systems on the stage's devices, mounted on the host.
+
+The engine mounts them under one host directory, which the sandbox sees at
+/run/osbuild/mounts; "/" comes before "/boot" because mounts are made in the
+order the manifest gives. Each mount is registered in the build's ExitStack,
+so everything is unmounted on success, on errors and on Ctrl-C alike.
+"""
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from osbuild.devices import one_line, pause, run_to_end
+from osbuild.errors import ModuleNotFound, OsbuildError
+
+_READONLY = {
+    "description": "Mount the file system read-only",
+    "type": "boolean",
+    "default": False,
+}
+_NORECOVERY = {
+    "description": "Do not replay the journal when mounting",
+    "type": "boolean",
+    "default": False,
+}
+
+
+def _schema(**properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+# Values end up in one comma-separated `mount -o` string: no commas in them.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "org.osbuild.ext4": _schema(readonly=_READONLY, norecovery=_NORECOVERY),
+    "org.osbuild.xfs": _schema(readonly=_READONLY, norecovery=_NORECOVERY),
+    "org.osbuild.btrfs": _schema(
+        readonly=_READONLY,
+        norecovery=_NORECOVERY,
+        subvol={
+            "description": "Subvolume to mount instead of the top level",
+            "type": "string",
+            "pattern": r"^[^,\s]+$",
+        },
+        compress={
+            "description": "Compression for new writes, e.g. zstd or zstd:3",
+            "type": "string",
+            "pattern": r"^[a-z0-9]+(:[0-9]+)?$",
+        },
+    ),
+    # Kept so that upstream manifests validate; mounting it always fails (below).
+    "org.osbuild.fat": _schema(
+        readonly=_READONLY,
+        uid={"type": "integer", "minimum": 0},
+        gid={"type": "integer", "minimum": 0},
+        umask={"type": "string", "pattern": "^[0-7][0-7][0-7]$"},
+        shortname={"type": "string", "enum": ["lower", "win95", "winnt", "mixed"]},
+    ),
+}
+
+FSTYPES = {"org.osbuild.ext4": "ext4", "org.osbuild.xfs": "xfs", "org.osbuild.btrfs": "btrfs"}
+
+UMOUNT_TRIES = 5
+
+
+def _mount_options(options: dict[str, Any]) -> list[str]:
+    opts = []
+    if options.get("readonly"):
+        opts.append("ro")
+    if options.get("norecovery"):
+        opts.append("norecovery")
+    if "subvol" in options:
+        opts.append(f"subvol={options['subvol']}")
+    if "compress" in options:
+        opts.append(f"compress={options['compress']}")
+    return opts
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted exactly at `path` (a resolved path)."""
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return any(_unescape(line.split()[4]) == target for line in f if line.strip())
+
+
+def _target_path(name: str, target: str, root: Path) -> Path:
+    """The host path for `target`, refusing anything outside the mount root.
+
+    An earlier mount (the "/" file system) may hold symlinks: "/boot" must not
+    be followed out of the root by one of them.
+    """
+    path = Path(os.path.realpath(root / target.lstrip("/")))
+    if not path.is_relative_to(root):
+        raise OsbuildError(f"mount '{name}': target '{target}' leads outside the mount root")
+    return path
+
+
+def _check(mount: dict[str, Any], devices: dict[str, str], seen: set[str]) -> None:
+    """Everything that can be checked before the first mount is made."""
+    name = mount.get("name", "")
+    mtype = mount.get("type", "")
+    if name in seen:
+        raise OsbuildError(f"mount '{name}': the name is used twice in one stage")
+    seen.add(name)
+    if mtype not in SCHEMAS:
+        known = ", ".join(sorted(SCHEMAS))
+        raise ModuleNotFound(f"mount '{name}': unknown mount type '{mtype}' (known: {known})")
+    if mtype == "org.osbuild.fat":
+        raise OsbuildError(
+            f"mount '{name}': org.osbuild.fat cannot be mounted: this kernel has no vfat "
+            "driver; fill FAT file systems with the mtools-based stages (mcopy) instead"
+        )
+    try:
+        jsonschema.validate(
+            mount.get("options", {}), SCHEMAS[mtype], cls=jsonschema.Draft202012Validator
+        )
+    except jsonschema.ValidationError as exc:
+        raise OsbuildError(
+            f"mount '{name}' ({mtype}): invalid options: {one_line(exc.message)}"
+        ) from None
+    if "partition" in mount:
+        raise OsbuildError(
+            f"mount '{name}': 'partition' is not supported (no partition device nodes "
+            "without udev); give the partition its own loopback device with start/size"
+        )
+    source = mount.get("source")
+    if source not in devices:
+        raise OsbuildError(f"mount '{name}': source '{source}' is not a device of this stage")
+    target = mount.get("target")
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise OsbuildError(f"mount '{name}': target {target!r} is not an absolute path")
+    if ".." in target.split("/"):
+        raise OsbuildError(f"mount '{name}': target '{target}' must not contain '..'")
+
+
+def _try_unmount(path: Path, interrupts: list[BaseException]) -> str | None:
+    """Unmount `path`, retrying while busy, lazily as a last resort; return why it failed."""
+    delay = 0.1
+    message = ""
+    for attempt in range(UMOUNT_TRIES + 1):
+        if not is_mounted(path):
+            return None
+        # The last try is lazy: the file system is detached from the tree now
+        # and released when its last user lets go, so nothing stays mounted.
+        lazy = attempt == UMOUNT_TRIES
+        result, interrupt = run_to_end(["umount", *(["--lazy"] if lazy else []), str(path)])
+        if interrupt is not None:
+            interrupts.append(interrupt)
+        if result.returncode == 0:
+            return None
+        message = one_line(result.stderr)
+        if not lazy:
+            pause(delay, interrupts)
+            delay *= 2
+    return None if not is_mounted(path) else f"cannot unmount {path}: {message}"
+
+
+def _unmount(name: str, path: Path, strict: bool) -> None:
+    """Unmount `path`; a Ctrl-C meanwhile is re-raised only once that is done.
+
+    With `strict` a failure raises; without it (an exception is already on its
+    way) it is only reported, so the first error wins.
+    """
+    interrupts: list[BaseException] = []
+    error = _try_unmount(path, interrupts)
+    if error and strict and not interrupts:
+        raise OsbuildError(f"mount '{name}': {error}")
+    if error:
+        print(f"osbuild: warning: mount '{name}': {error}", file=sys.stderr)
+    if interrupts:
+        raise interrupts[0]
+
+
+@contextlib.contextmanager
+def _mounted(
+    name: str, fstype: str, device: str, path: Path, opts: list[str]
+) -> Iterator[None]:
+    cmd = ["mount", "-t", fstype, *(["-o", ",".join(opts)] if opts else []), device, str(path)]
+    result, interrupt = run_to_end(cmd)
+    if interrupt is not None:
+        if result.returncode == 0:
+            _unmount(name, path, strict=False)
+        raise interrupt
+    if result.returncode != 0:
+        raise OsbuildError(
+            f"mount '{name}': mounting {device} ({fstype}) failed: {one_line(result.stderr)}"
+        )
+    try:
+        yield
+    except BaseException:
+        _unmount(name, path, strict=False)
+        raise
+    _unmount(name, path, strict=True)
+
+
+def mount_all(
+    mounts: list[dict], devices: dict[str, str], root: Path, stack: contextlib.ExitStack
+) -> dict[str, str]:
+    """Mount each of a stage's `mounts` under `root`, in order; return name -> host path.
+
+    `devices` maps the stage's device names to their nodes (see
+    osbuild.devices.open_devices). Unmounting is registered in `stack`, so the
+    last mount is undone first.
+    """
+    seen: set[str] = set()
+    for mount in mounts:
+        _check(mount, devices, seen)
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    paths: dict[str, str] = {}
+    for mount in mounts:
+        name, mtype = mount["name"], mount["type"]
+        # Resolved only now: an earlier mount decides what the path leads to.
+        path = _target_path(name, mount["target"], root)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OsbuildError(f"mount '{name}': cannot create {mount['target']}: {exc}") from None
+        opts = _mount_options(mount.get("options", {}))
+        stack.enter_context(_mounted(name, FSTYPES[mtype], devices[mount["source"]], path, opts))
+        paths[name] = str(path)
+    return paths
