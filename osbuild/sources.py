@@ -1,0 +1,561 @@
+"""Sources: content-addressed files fetched on the host before any stage runs.
+
+Stages have no network, so everything they need from outside (packages,
+inline data) is fetched first by a source executable in `sources/` and kept
+in a cache directory as `<cache>/<checksum>`. The invariant the whole engine
+relies on: a file in the cache is named after its checksum only after that
+checksum was verified, and partial or wrong files never carry such a name.
+
+This module has two halves:
+- the host side (`fetch`, `verify_file`), used by the engine: it runs a source
+  executable as a child process and turns its failures into `SourceError`;
+- the source side (`source_main`, `download_item`, `inline_item`), imported by
+  the executables in `sources/`, which run outside the engine process on the
+  host's Python. Both halves are stdlib only.
+
+Protocol between the two: the engine writes {"items": {checksum: item},
+"options": {...}, "cache": dir} to the source's stdin; the source writes JSON
+lines to stdout: {"type": "progress", "checksum", "url", "done", "total"} and,
+on failure, one {"type": "error", "message"} before exiting non-zero.
+"""
+
+import base64
+import binascii
+import hashlib
+import http.client
+import json
+import lzma
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import ModuleNotFound, SourceError
+
+CHECKSUM_PATTERN = r"^(md5|sha1|sha256|sha384|sha512):[0-9a-f]{32,128}$"
+_CHECKSUM_RE = re.compile(CHECKSUM_PATTERN)
+
+# Temporary files in the cache are named `.tmp-<pid of the source>-<random>`
+# so the engine can remove exactly those of a child it had to kill.
+TEMP_PREFIX = ".tmp-"
+
+CHUNK_SIZE = 1 << 20
+PROGRESS_INTERVAL = 0.25  # seconds between progress records of one item
+
+DEFAULT_RETRIES = 4  # so five attempts in all
+DEFAULT_BACKOFF = 1.0  # seconds before the first retry; doubles each time
+DEFAULT_TIMEOUT = 30.0  # seconds without data before a connection counts as dead
+DEFAULT_WORKERS = 4
+
+# HTTP statuses worth another attempt: server trouble, and 404 because
+# mirrors briefly miss files while they sync.
+RETRY_STATUSES = {404, 408, 429}
+ALLOWED_SCHEMES = ("http", "https", "ftp", "file")
+
+
+class SourceFailure(Exception):
+    """A one-line reason why an item could not be provided (source side)."""
+
+
+class _Retryable(SourceFailure):
+    """A failure that another attempt may cure (network trouble, 5xx)."""
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """Split `algo:hex` and check that the hex has that algorithm's length."""
+    if not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum):
+        raise SourceFailure(f"invalid checksum {checksum!r}: expected <algorithm>:<hex digest>")
+    algorithm, digest = checksum.split(":", 1)
+    expected = hashlib.new(algorithm).digest_size * 2
+    if len(digest) != expected:
+        raise SourceFailure(
+            f"invalid checksum {checksum}: a {algorithm} digest has {expected} hex digits"
+        )
+    return algorithm, digest
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path | str, checksum: str) -> bool:
+    """Return whether the file at `path` exists and has `checksum`.
+
+    A malformed checksum is a manifest bug, not a cache miss: SourceError.
+    """
+    try:
+        algorithm, digest = parse_checksum(checksum)
+    except SourceFailure as e:
+        raise SourceError(str(e)) from None
+    try:
+        return file_digest(Path(path), algorithm) == digest
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+
+
+# --- host side ---------------------------------------------------------------
+
+
+def fetch(
+    libdir: Path,
+    source_type: str,
+    items: dict[str, Any],
+    cache: Path,
+    options: dict[str, Any] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Make sure every item ends up in `cache` as the file named by its checksum.
+
+    Runs `<libdir>/sources/<source_type>` on the host's Python and forwards its
+    progress records to `on_progress`. Items already cached are not handed to
+    the source at all. On any failure, also Ctrl-C, the child is killed and its
+    temporary files are removed, so the cache holds only verified files.
+    """
+    executable = Path(libdir) / "sources" / source_type
+    if "/" in source_type or source_type.startswith(".") or not executable.is_file():
+        raise ModuleNotFound(f"source {source_type} not found in {Path(libdir) / 'sources'}")
+    for checksum in items:
+        try:
+            parse_checksum(checksum)
+        except SourceFailure as e:
+            raise SourceError(f"{source_type}: {e}") from None
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    missing = {c: item for c, item in items.items() if not (cache / c).is_file()}
+    if not missing:
+        return
+
+    request = {"items": missing, "options": options or {}, "cache": str(cache)}
+    errors: list[str] = []
+    with tempfile.TemporaryFile() as stderr:
+        # A process group of its own keeps the terminal's Ctrl-C away from
+        # the child: the engine decides when and how it ends.
+        proc = subprocess.Popen(
+            [sys.executable, str(executable)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            process_group=0,
+        )
+        try:
+            _talk(proc, request, errors, on_progress)
+            returncode = proc.wait()
+        except BaseException:
+            _kill(proc)
+            _remove_temps(cache, proc.pid)
+            raise
+        if returncode != 0:
+            _remove_temps(cache, proc.pid)
+            stderr.seek(0)
+            raise SourceError(_failure_message(source_type, returncode, errors, stderr))
+
+    for checksum in missing:
+        if not (cache / checksum).is_file():
+            raise SourceError(f"{source_type} finished but did not provide {checksum}")
+
+
+def _talk(
+    proc: subprocess.Popen,
+    request: dict[str, Any],
+    errors: list[str],
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(json.dumps(request).encode("utf-8"))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died early; its exit status tells why
+    for raw in proc.stdout:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue  # stray output is not part of the protocol
+        if not isinstance(record, dict):
+            continue
+        if record.get("type") == "error":
+            errors.append(str(record.get("message", "")).strip())
+        elif record.get("type") == "progress" and on_progress:
+            on_progress(record)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _remove_temps(cache: Path, pid: int) -> None:
+    for stale in cache.glob(f"{TEMP_PREFIX}{pid}-*"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _failure_message(
+    source_type: str, returncode: int, errors: list[str], stderr: IO[bytes]
+) -> str:
+    reason = next((e for e in errors if e), "")
+    if not reason:
+        # No error record: the source crashed; its last stderr line says why.
+        lines = stderr.read().decode("utf-8", "replace").splitlines()
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        reason = f"exited with status {returncode}" + (f": {last}" if last else "")
+    return f"{source_type}: {' '.join(reason.split())}"
+
+
+# --- source side -------------------------------------------------------------
+
+
+def _env_number(name: str, default: float, cast: Callable[[str], float]) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = cast(value)
+    except ValueError:
+        raise SourceFailure(f"{name}={value!r} is not a number") from None
+    if number < 0:
+        raise SourceFailure(f"{name}={value!r} must not be negative")
+    return number
+
+
+class Context:
+    """What every worker of one source run shares: settings, output, a stop flag."""
+
+    def __init__(self, cache: Path, options: dict[str, Any], out: IO[str]):
+        self.cache = cache
+        self.options = options
+        self.retries = int(_env_number("OSBUILD_SOURCES_RETRIES", DEFAULT_RETRIES, int))
+        self.backoff = _env_number("OSBUILD_SOURCES_BACKOFF", DEFAULT_BACKOFF, float)
+        self.timeout = _env_number("OSBUILD_SOURCES_TIMEOUT", DEFAULT_TIMEOUT, float)
+        self.workers = max(1, int(_env_number("OSBUILD_SOURCES_WORKERS", DEFAULT_WORKERS, int)))
+        # Set when one item failed or the engine went away: the others stop early.
+        self.stop = threading.Event()
+        self._out = out
+        self._lock = threading.Lock()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"
+        with self._lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (BrokenPipeError, ValueError):
+                self.stop.set()  # nobody listens any more
+
+    def progress(self, checksum: str, url: str | None, done: int, total: int | None) -> None:
+        self.emit({"type": "progress", "checksum": checksum, "url": url,
+                   "done": done, "total": total})
+
+    def error(self, message: str) -> None:
+        self.emit({"type": "error", "message": " ".join(message.split())})
+
+
+class AtomicCacheFile:
+    """A temporary file in the cache that becomes `<cache>/<checksum>` only on commit."""
+
+    def __init__(self, cache: Path):
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=cache)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def commit(self, target: Path) -> None:
+        self.file.flush()
+        # The name is a promise that the content is verified: make the
+        # content durable before the name appears.
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.chmod(self.path, 0o644)
+        os.replace(self.path, target)
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was committed."""
+        self.file.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass  # committed (renamed away) or never got that far
+
+
+ItemHandler = Callable[[str, Any, Context], None]
+
+
+def source_main(handle_item: ItemHandler, parallel: bool = True) -> int:
+    """Run a source: read the request from stdin, provide every item, report on stdout.
+
+    `handle_item(checksum, item, ctx)` must leave `<cache>/<checksum>` or raise
+    SourceFailure. Returns the exit status.
+    """
+    # The engine ends us with SIGKILL if it must; a stray Ctrl-C must not
+    # leave half-stopped worker threads.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = sys.stdout
+    try:
+        request = json.load(sys.stdin)
+        cache = Path(request["cache"])
+        items = request.get("items") or {}
+        options = request.get("options") or {}
+        if not isinstance(items, dict) or not isinstance(options, dict):
+            raise SourceFailure("malformed request: items and options must be objects")
+        ctx = Context(cache, options, out)
+    except SourceFailure as e:
+        _emit_error(out, str(e))
+        return 1
+    except (ValueError, KeyError, TypeError) as e:
+        _emit_error(out, f"malformed request on stdin: {e}")
+        return 1
+
+    try:
+        for checksum in items:
+            parse_checksum(checksum)
+        cache.mkdir(parents=True, exist_ok=True)
+        todo = [(c, item) for c, item in items.items() if not (cache / c).is_file()]
+        if parallel and len(todo) > 1:
+            _run_parallel(handle_item, todo, ctx)
+        else:
+            for checksum, item in todo:
+                handle_item(checksum, item, ctx)
+    except SourceFailure as e:
+        ctx.error(str(e))
+        return 1
+    except OSError as e:
+        ctx.error(f"cannot write to the cache {cache}: {e.strerror or e}")
+        return 1
+    return 0
+
+
+def _run_parallel(handle_item: ItemHandler, todo: list[tuple[str, Any]], ctx: Context) -> None:
+    with ThreadPoolExecutor(max_workers=min(ctx.workers, len(todo))) as pool:
+        futures = [pool.submit(handle_item, c, item, ctx) for c, item in todo]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception()), None)
+        if failed is not None:
+            ctx.stop.set()
+            for f in futures:
+                f.cancel()
+            exc = failed.exception()
+            assert exc is not None
+            raise exc
+
+
+def _emit_error(out: IO[str], message: str) -> None:
+    try:
+        out.write(json.dumps({"type": "error", "message": " ".join(message.split())}) + "\n")
+        out.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+# --- the URL download (org.osbuild.curl and org.osbuild.files) ---------------
+
+
+def _item_url(checksum: str, item: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and isinstance(item.get("url"), str):
+        return item["url"], item
+    raise SourceFailure(f"item {checksum} has no url")
+
+
+def _ssl_context(item: dict[str, Any]) -> ssl.SSLContext | None:
+    secrets = item.get("secrets") or {}
+    name = secrets.get("name")
+    insecure = bool(item.get("insecure", False))
+    if not insecure and name is None:
+        return None
+    ctx = ssl.create_default_context()
+    if name == "org.osbuild.mtls":
+        key = os.environ.get("OSBUILD_SOURCES_CURL_SSL_CLIENT_KEY")
+        cert = os.environ.get("OSBUILD_SOURCES_CURL_SSL_CLIENT_CERT")
+        if not key or not cert:
+            raise SourceFailure(
+                "org.osbuild.mtls secrets need OSBUILD_SOURCES_CURL_SSL_CLIENT_KEY and "
+                "OSBUILD_SOURCES_CURL_SSL_CLIENT_CERT in the environment"
+            )
+        ca = os.environ.get("OSBUILD_SOURCES_CURL_SSL_CA_CERT")
+        try:
+            if ca:
+                ctx.load_verify_locations(cafile=ca)
+            ctx.load_cert_chain(certfile=cert, keyfile=key)
+        except (OSError, ssl.SSLError) as e:
+            raise SourceFailure(f"cannot load the org.osbuild.mtls certificates: {e}") from None
+    elif name is not None:
+        raise SourceFailure(f"secrets provider {name} is not supported here")
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def download_item(checksum: str, item: Any, ctx: Context) -> None:
+    """Download one URL item into the cache, verifying it, with retries and backoff."""
+    url, spec = _item_url(checksum, item)
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in ALLOWED_SCHEMES:
+        raise SourceFailure(f"cannot download {url}: unsupported URL scheme")
+    algorithm, digest = parse_checksum(checksum)
+    context = _ssl_context(spec)
+    target = ctx.cache / checksum
+    attempts = ctx.retries + 1
+    for attempt in range(attempts):
+        if ctx.stop.is_set():
+            raise SourceFailure(f"download of {url} cancelled")
+        if target.is_file():
+            return  # a concurrent run provided it meanwhile
+        try:
+            actual = _download_once(url, checksum, target, context, ctx)
+        except _Retryable as e:
+            if attempt + 1 >= attempts:
+                tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
+                raise SourceFailure(f"{e} (gave up after {tries})") from None
+            # Exponential backoff; waiting on the stop flag ends it early.
+            ctx.stop.wait(ctx.backoff * (2**attempt))
+            continue
+        if actual != digest:
+            raise SourceFailure(
+                f"checksum mismatch for {url}: expected {checksum}, got {algorithm}:{actual}"
+            )
+        return
+
+
+def _download_once(
+    url: str,
+    checksum: str,
+    target: Path,
+    context: ssl.SSLContext | None,
+    ctx: Context,
+) -> str:
+    """One attempt; returns the hex digest. The file is committed only if it matches."""
+    algorithm, digest = parse_checksum(checksum)
+    request = urllib.request.Request(url, headers={"User-Agent": "osbuild-deb"})
+    tmp = AtomicCacheFile(ctx.cache)
+    try:
+        h = hashlib.new(algorithm)
+        done, total = _stream(request, url, checksum, tmp, h, context, ctx)
+        # urllib returns a short body without complaint when the peer closes early.
+        if total is not None and done != total:
+            raise _Retryable(
+                f"cannot download {url}: connection closed after {done} of {total} bytes"
+            )
+        ctx.progress(checksum, url, done, done)
+        actual = h.hexdigest()
+        if actual == digest:
+            try:
+                tmp.commit(target)
+            except OSError as e:
+                raise SourceFailure(
+                    f"cannot write to the cache {ctx.cache}: {e.strerror or e}"
+                ) from None
+        return actual
+    finally:
+        # No-op after a commit; otherwise the partial or wrong file goes.
+        tmp.discard()
+
+
+def _stream(
+    request: urllib.request.Request,
+    url: str,
+    checksum: str,
+    tmp: "AtomicCacheFile",
+    h: Any,
+    context: ssl.SSLContext | None,
+    ctx: Context,
+) -> tuple[int, int | None]:
+    """Copy the response body into `tmp` and `h`; map network errors to retryable ones."""
+    done = 0
+    try:
+        with urllib.request.urlopen(request, timeout=ctx.timeout, context=context) as resp:
+            length = resp.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() else None
+            last = 0.0
+            while chunk := resp.read(CHUNK_SIZE):
+                if ctx.stop.is_set():
+                    raise SourceFailure(f"download of {url} cancelled")
+                _write(tmp, chunk)
+                h.update(chunk)
+                done += len(chunk)
+                now = time.monotonic()
+                if now - last >= PROGRESS_INTERVAL:
+                    ctx.progress(checksum, url, done, total)
+                    last = now
+    except urllib.error.HTTPError as e:
+        message = f"cannot download {url}: HTTP {e.code} {e.reason}"
+        if e.code >= 500 or e.code in RETRY_STATUSES:
+            raise _Retryable(message) from None
+        raise SourceFailure(message) from None
+    except urllib.error.URLError as e:
+        raise _Retryable(f"cannot download {url}: {_reason(e.reason)}") from None
+    except _CacheWriteError as e:
+        raise SourceFailure(f"cannot write to the cache {ctx.cache}: {e}") from None
+    except (http.client.HTTPException, OSError) as e:
+        # Resets, timeouts, truncated chunked bodies: all worth another try.
+        raise _Retryable(f"cannot download {url}: {_reason(e)}") from None
+    return done, total
+
+
+class _CacheWriteError(Exception):
+    pass
+
+
+def _write(tmp: AtomicCacheFile, chunk: bytes) -> None:
+    try:
+        tmp.file.write(chunk)
+    except OSError as e:
+        raise _CacheWriteError(e.strerror or str(e)) from None
+
+
+def _reason(reason: Any) -> str:
+    if isinstance(reason, BaseException):
+        text = str(reason) or type(reason).__name__
+    else:
+        text = str(reason)
+    return " ".join(text.split()) or "unknown error"
+
+
+# --- inline data (org.osbuild.inline) ----------------------------------------
+
+
+def inline_item(checksum: str, item: Any, ctx: Context) -> None:
+    """Decode one inline item, verify it and store it under its checksum."""
+    if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+        raise SourceFailure(f"inline item {checksum} has no data")
+    encoding = item.get("encoding", "base64")
+    try:
+        raw = base64.b64decode("".join(item["data"].split()), validate=True)
+        if encoding == "lzma+base64":
+            raw = lzma.decompress(raw)
+        elif encoding != "base64":
+            raise SourceFailure(f"inline item {checksum}: unknown encoding {encoding!r}")
+    except (binascii.Error, lzma.LZMAError) as e:
+        raise SourceFailure(f"inline item {checksum} is not valid {encoding}: {e}") from None
+    algorithm, digest = parse_checksum(checksum)
+    actual = hashlib.new(algorithm, raw).hexdigest()
+    if actual != digest:
+        raise SourceFailure(
+            f"checksum mismatch for inline item: expected {checksum}, got {algorithm}:{actual}"
+        )
+    tmp = AtomicCacheFile(ctx.cache)
+    try:
+        tmp.file.write(raw)
+        tmp.commit(ctx.cache / checksum)
+    except BaseException:
+        tmp.discard()
+        raise
+    ctx.progress(checksum, None, len(raw), len(raw))
