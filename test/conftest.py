@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "test"))
 
+pytest_plugins = ["fileserver"]  # the `server` fixture: a local HTTP server
+
 LIBDIR_PARTS = ("osbuild", "stages", "assemblers", "sources", "runners")
 
 

@@ -1,0 +1,100 @@
+"""A real HTTP server on 127.0.0.1 for source tests: serves files, drops or stalls on demand."""
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class FileServer:
+    """State behind the test HTTP server: what it serves and what it saw."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.drops: dict[str, int] = {}  # path -> responses still to cut off mid-body
+        self.delay: dict[str, float] = {}  # path -> seconds before answering
+        self.stall: set[str] = set()  # paths that send half the body, then hang
+        self.requests: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.port = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return self.url(path)
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.requests.get(path, 0)
+
+
+def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests[self.path] = state.requests.get(self.path, 0) + 1
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+                drop = state.drops.get(self.path, 0) > 0
+                if drop:
+                    state.drops[self.path] -= 1
+            try:
+                self.answer(drop)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def answer(self, drop: bool) -> None:
+            time.sleep(state.delay.get(self.path, 0))
+            data = state.files.get(self.path)
+            if data is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if drop or self.path in state.stall:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                if self.path in state.stall:
+                    state.closing.wait(30)
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    state = FileServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    httpd.daemon_threads = True
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.closing.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
