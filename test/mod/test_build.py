@@ -321,3 +321,36 @@ def test_json_seq_monitor_keeps_stage_errors(osbuild: Osbuild) -> None:
               if r.get("result", {}).get("success") is False and "id" in r["result"]]
     assert "boom-reason" in failed[0]["result"]["output"]
     assert "exit status 4" in records[-1]["result"]["error"]
+
+
+def test_store_subcommand_lists_what_a_build_kept(osbuild: Osbuild) -> None:
+    manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [
+        stage("test.metadata", file="a", content="x" * 10000)]}]}
+    result = osbuild.build_json(manifest)
+    object_id = result["pipelines"]["os"]["id"]
+    store = [sys.executable, "-m", "osbuild", "store"]
+    listing = subprocess.run([*store, "ls", "--json", "--store", str(osbuild.store)],
+                             capture_output=True, text=True, check=True).stdout
+    assert [e["id"] for e in json.loads(listing)] == [object_id]
+    subprocess.run([*store, "prune", "--all", "--store", str(osbuild.store)],
+                   capture_output=True, text=True, check=True)
+    again = osbuild.build_json(manifest)
+    assert again["pipelines"]["os"]["stages"][0]["cached"] is False
+
+
+def test_cache_size_limit_evicts_least_recently_used(osbuild: Osbuild) -> None:
+    def manifest(name: str) -> dict:
+        return {"version": "2", "pipelines": [{"name": "os", "stages": [
+            stage("test.script", script=f"head -c 600000 /dev/urandom > {name}")]}]}
+    for name in ("one", "two", "three"):
+        osbuild.run(manifest(name), "--cache-max-size", "1500K")
+    objects = list((osbuild.store / "objects").iterdir())
+    assert len(objects) == 2  # the oldest went to make room
+    latest = osbuild.build_json(manifest("three"), "--cache-max-size", "1500K")
+    assert latest["pipelines"]["os"]["stages"][0]["cached"] is True
+    oldest = osbuild.build_json(manifest("one"), "--cache-max-size", "1500K")
+    assert oldest["pipelines"]["os"]["stages"][0]["cached"] is False
+    unlimited = osbuild.run(manifest("four"), "--cache-max-size", "unlimited")
+    assert unlimited.returncode == 0
+    bad = osbuild.run(manifest("four"), "--cache-max-size", "lots", check=False)
+    assert bad.returncode == 1 and "--cache-max-size" in bad.stderr
