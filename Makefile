@@ -21,8 +21,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)
 
+# Stages, sources, assemblers and runners are extensionless Python: name them.
+EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/*))
+
 lint: setup
-	$(VENV)/bin/ruff check osbuild test
+	$(VENV)/bin/ruff check osbuild test $(EXECUTABLES)
 	$(VENV)/bin/mypy osbuild
 
 clean:

@@ -354,3 +354,22 @@ def test_cache_size_limit_evicts_least_recently_used(osbuild: Osbuild) -> None:
     assert unlimited.returncode == 0
     bad = osbuild.run(manifest("four"), "--cache-max-size", "lots", check=False)
     assert bad.returncode == 1 and "--cache-max-size" in bad.stderr
+
+
+def test_tree_input_copies_another_pipeline(osbuild: Osbuild) -> None:
+    manifest = {"version": "2", "pipelines": [
+        {"name": "os", "stages": [stage("test.metadata", file="from-os", content="os")]},
+        {"name": "image", "stages": [{
+            "type": "org.osbuild.copy",
+            "inputs": {"tree": {"type": "org.osbuild.tree", "origin": "org.osbuild.pipeline",
+                                "references": ["name:os"]}},
+            "options": {"paths": [{"from": "input://tree/", "to": "tree:///"}]}}]},
+    ]}
+    result = osbuild.build_json(manifest, "--export", "image", "--output-directory",
+                                str(osbuild.output))
+    assert (osbuild.output / "image/from-os").read_text() == "os"
+    assert list(result["pipelines"]) == ["os", "image"]
+    # Changing the referenced pipeline changes the consumer's id: no stale cache.
+    manifest["pipelines"][0]["stages"][0]["options"]["content"] = "changed"
+    osbuild.run(manifest, "--export", "image", "--output-directory", str(osbuild.output))
+    assert (osbuild.output / "image/from-os").read_text() == "changed"
