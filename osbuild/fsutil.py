@@ -1,40 +1,73 @@
-"""Small file-system helpers the engine shares: copying and cleaning trees."""
+"""File-system helpers the engine shares: copying, measuring and removing trees."""
 
 import os
 import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import OsbuildError
 
 
 def copy_tree(source: Path, target: Path) -> None:
-    """Copy a tree with owners, modes, links, xattrs and sparseness; reflink when possible."""
+    """Copy a tree's content into `target`, keeping owners, modes, xattrs, hardlinks and
+    sparseness, with reflinks where the file system has them."""
     target.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        ["cp", "-a", "--reflink=auto", f"{source}/.", f"{target}/"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+        ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(target)],
+        capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
-        raise OsbuildError(f"copying {source} to {target} failed: {result.stdout.strip()}")
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise OsbuildError(f"copying {source} to {target} failed: {lines[-1]}")
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree even when stages left read-only directories in it."""
-    if not os.path.lexists(path):
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
+    """Remove a file or a tree, also one with read-only directories; a missing path is fine."""
 
-    def make_writable(func, failed, _exc):  # type: ignore[no-untyped-def]
+    def retry(func: Any, failed: str, exc: Any) -> None:
+        error = exc[1] if isinstance(exc, tuple) else exc
+        if isinstance(error, FileNotFoundError):
+            return
+        if not isinstance(error, PermissionError):
+            raise error
         parent = os.path.dirname(failed)
-        os.chmod(parent, 0o700)
+        os.chmod(parent, os.lstat(parent).st_mode | stat.S_IRWXU)
         if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, 0o700)
-        func(failed)
+            os.chmod(failed, os.lstat(failed).st_mode | stat.S_IRWXU)
+            remove_tree(Path(failed))
+        else:
+            os.unlink(failed)
 
-    shutil.rmtree(path, onerror=make_writable)
+    try:
+        if path.is_dir() and not path.is_symlink():
+            handler = {"onexc" if sys.version_info >= (3, 12) else "onerror": retry}
+            shutil.rmtree(path, **handler)  # type: ignore[arg-type]
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated for `path` and everything under it, hardlinked files counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    pending = [str(path)]
+    while pending:
+        current = pending.pop()
+        st = os.lstat(current)
+        if stat.S_ISDIR(st.st_mode):
+            pending.extend(entry.path for entry in os.scandir(current))
+        elif st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        total += st.st_blocks * 512
+    return total
+
 
 
 def clamp_mtimes(tree: Path, epoch: int) -> None:

@@ -23,9 +23,6 @@ import json
 import os
 import pwd
 import re
-import shutil
-import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import StoreError
+from .fsutil import copy_tree, disk_usage, remove_tree
 
 FORMAT = "osbuild-deb store 1\n"
 DEFAULT_MAX_SIZE = 20 * 1024**3
@@ -135,7 +133,7 @@ class ObjectStore:
         if state == "incompatible":
             print(f"osbuild: {self.path}: incompatible store format, clearing it", file=sys.stderr)
             for name in (OUR_NAMES | UPSTREAM_NAMES) - {"lock"}:
-                remove_path(self.path / name)
+                remove_tree(self.path / name)
         if state != "ok":
             for directory in (self._objects, self._sources, self._tmp):
                 directory.mkdir(exist_ok=True)
@@ -148,7 +146,7 @@ class ObjectStore:
         candidates += [(p, p.name.rsplit(".", 1)[-1]) for p in self._objects.glob(".*")]
         for path, label in candidates:
             if _is_stale(path, label):
-                remove_path(path)
+                remove_tree(path)
 
     # -- private work dirs --------------------------------------------------
 
@@ -165,7 +163,7 @@ class ObjectStore:
     def _drop_tempdir(self, path: Path) -> None:
         fd = self._tempdirs.pop(path, None)
         try:
-            remove_path(path)
+            remove_tree(path)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -213,7 +211,7 @@ class ObjectStore:
                         raise
                     copy = True
             if copy:
-                _copy_tree(tree, staged / "tree")
+                copy_tree(tree, staged / "tree")
             info = {
                 "size": disk_usage(staged / "tree"),
                 "created": time.time(),
@@ -233,7 +231,7 @@ class ObjectStore:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
         finally:
-            remove_path(staged)  # gone already unless another process won the race
+            remove_tree(staged)  # gone already unless another process won the race
             os.close(fd)
         return final / "tree"
 
@@ -403,69 +401,12 @@ def _is_stale(path: Path, label: str) -> bool:
     return False
 
 
-def _copy_tree(source: Path, target: Path) -> None:
-    # cp keeps owners, modes, xattrs, hardlinks and sparseness, and reflinks where it can.
-    result = subprocess.run(
-        ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
-        raise StoreError(f"copying {source} into the store failed: {lines[-1]}")
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def remove_path(path: Path) -> None:
-    """Remove a file or a tree, also one with read-only directories; a missing path is fine."""
-
-    def retry(func: Any, failed: str, exc: Any) -> None:
-        error = exc[1] if isinstance(exc, tuple) else exc
-        if isinstance(error, FileNotFoundError):
-            return
-        if not isinstance(error, PermissionError):
-            raise error
-        parent = os.path.dirname(failed)
-        os.chmod(parent, os.lstat(parent).st_mode | stat.S_IRWXU)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, os.lstat(failed).st_mode | stat.S_IRWXU)
-            remove_path(Path(failed))
-        else:
-            os.unlink(failed)
-
-    try:
-        if path.is_dir() and not path.is_symlink():
-            handler = {"onexc" if sys.version_info >= (3, 12) else "onerror": retry}
-            shutil.rmtree(path, **handler)  # type: ignore[arg-type]
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes allocated for `path` and everything under it, hardlinked files counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    pending = [str(path)]
-    while pending:
-        current = pending.pop()
-        st = os.lstat(current)
-        if stat.S_ISDIR(st.st_mode):
-            pending.extend(entry.path for entry in os.scandir(current))
-        elif st.st_nlink > 1:
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-    return total
 
 
 def parse_size(text: str) -> int | None:

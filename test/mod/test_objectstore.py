@@ -207,7 +207,7 @@ def test_exit_removes_own_tempdirs_even_read_only(tmp_path):
     assert os.listdir(tmp_path / "store/tmp") == []
 
 
-def test_remove_path_handles_read_only_dirs_as_non_root():
+def test_remove_tree_handles_read_only_dirs_as_non_root():
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root to switch to an unprivileged user")
     base = Path(tempfile.mkdtemp(prefix="osbuild-test-rm-"))
@@ -223,8 +223,8 @@ def test_remove_path_handles_read_only_dirs_as_non_root():
         os.chmod(victim / "locked", 0o000)
         os.chmod(victim / "empty-locked", 0o500)
         os.chmod(victim, 0o500)
-        code = "import sys; from pathlib import Path; from osbuild.objectstore import remove_path; "
-        code += "remove_path(Path(sys.argv[1]))"
+        code = "import sys; from pathlib import Path; from osbuild.fsutil import remove_tree; "
+        code += "remove_tree(Path(sys.argv[1]))"
         result = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
             + [sys.executable, "-c", code, str(victim)],
