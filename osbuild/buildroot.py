@@ -93,10 +93,12 @@ class BuildRoot:
             raise BuildRootError(f"runner {self.runner} not found in {self.libdir / 'runners'}")
 
     def command(self, tree: Path, api_dir: Path, binds: list[Bind],
-                devices: list[str]) -> list[str]:
+                devices: list[str], network: bool = False) -> list[str]:
         # No user namespace: stages must be able to give files to any uid/gid.
-        cmd = [bwrap_path(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+        cmd = [bwrap_path(), "--unshare-ipc", "--unshare-pid", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+        if not network:
+            cmd.append("--unshare-net")
         cmd += ["--ro-bind", str(self.root / "usr"), "/usr"]
         for name in TOP_LEVEL_USR_LINKS:
             path = self.root / name
@@ -107,6 +109,10 @@ class BuildRoot:
         # Debian's /usr needs /etc: alternatives, ld.so.cache, dpkg config.
         if (self.root / "etc").is_dir():
             cmd += ["--ro-bind", str(self.root / "etc"), "/etc"]
+            # A stage that declares it needs the network resolves names like the host.
+            resolv = Path(os.path.realpath("/etc/resolv.conf"))
+            if network and resolv.is_file() and os.path.lexists(self.root / "etc/resolv.conf"):
+                cmd += ["--ro-bind", str(resolv), "/etc/resolv.conf"]
         cmd += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys"]
         cmd += ["--tmpfs", "/run", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
         cmd += ["--ro-bind", str(self.libdir), LIB]
@@ -145,6 +151,7 @@ class BuildRoot:
         binds: list[Bind] | None = None,
         devices: list[str] | None = None,
         on_output: Callable[[str], None] | None = None,
+        network: bool = False,
     ) -> StageRun:
         """Run `executable` (a path relative to the libdir) through the runner.
 
@@ -154,7 +161,7 @@ class BuildRoot:
         api_dir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
         args = dict(arguments, tree=TREE)
         (api_dir / "arguments").write_text(json.dumps(args), encoding="utf-8")
-        cmd = self.command(tree, api_dir, binds or [], devices or [])
+        cmd = self.command(tree, api_dir, binds or [], devices or [], network)
         cmd += ["/usr/bin/python3", f"{LIB}/runners/{self.runner}", f"{LIB}/{executable}"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         proc = subprocess.Popen(

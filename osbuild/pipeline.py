@@ -19,6 +19,7 @@ from . import devices, inputs, mounts, sources
 from .buildroot import MOUNTS, Bind, BuildRoot
 from .errors import OsbuildError, StageFailed, StoreError
 from .fsutil import clamp_mtimes, copy_tree, remove_tree
+from .meta import load_meta
 from .model import Manifest, Pipeline, Stage
 from .monitor import Monitor, StageResult
 from .objectstore import ObjectStore
@@ -191,9 +192,12 @@ class Builder:
                 binds.append(Bind(mount_root, MOUNTS, readonly=False))
                 args["mounts"] = {m.name: {"path": MOUNTS + m.target.rstrip("/")}
                                   for m in stage.mounts}
+            # Only stages whose .meta.json says "network": true get it (unpinned installers).
+            meta = load_meta(self.libdir, stage.kind, stage.name) or {}
             run = buildroot.run(f"{stage.kind}/{stage.name}", args, tree, stage_dir, binds,
                                 list(nodes.values()),
-                                on_output=lambda line: self.monitor.stage_output(stage, line))
+                                on_output=lambda line: self.monitor.stage_output(stage, line),
+                                network=bool(meta.get("network")))
         result = StageResult(stage.id, stage.name, pipeline.name, run.returncode == 0, False,
                              time.monotonic() - start, run.metadata, run.tail)
         self.monitor.stage_result(stage, result)

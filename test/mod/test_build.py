@@ -373,3 +373,16 @@ def test_tree_input_copies_another_pipeline(osbuild: Osbuild) -> None:
     manifest["pipelines"][0]["stages"][0]["options"]["content"] = "changed"
     osbuild.run(manifest, "--export", "image", "--output-directory", str(osbuild.output))
     assert (osbuild.output / "image/from-os").read_text() == "changed"
+
+
+def test_only_stages_that_declare_it_get_the_network(osbuild: Osbuild, server) -> None:
+    url = server.add("/ping", b"pong")
+    fetch = (f"python3 -c \"import urllib.request as u; "
+             f"print(u.urlopen('{url}', timeout=5).read().decode())\"")
+    manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [
+        stage("test.netscript", script=fetch),
+        stage("test.script", script=fetch + " || echo no-network", check=False)]}]}
+    result = osbuild.build_json(manifest)
+    stages_ = result["pipelines"]["os"]["stages"]
+    assert stages_[0]["metadata"]["stdout"].strip() == "pong"
+    assert stages_[1]["metadata"]["stdout"].strip() == "no-network"
