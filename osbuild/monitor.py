@@ -59,7 +59,8 @@ class LogMonitor(Monitor):
     def __init__(self, out: TextIO = sys.stdout):
         self.out = out
         self.start = time.monotonic()
-        self.downloads: dict[str, float] = {}
+        self.downloads: dict[str, int] = {}  # checksum -> size, for completed files
+        self.last_progress = 0.0
 
     def write(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -84,18 +85,18 @@ class LogMonitor(Monitor):
         self.write(f"  {stage.name} {stage.id[:12]} {state}")
 
     def source_progress(self, source: str, record: dict[str, Any]) -> None:
+        """A running total every few seconds; one line per file would drown the log."""
         if record.get("type") != "progress":
             return
-        key = record.get("checksum", "")
         total, done = record.get("total"), record.get("done", 0)
-        finished = total is not None and done >= total
+        if total is not None and done >= total:
+            self.downloads[record.get("checksum", "")] = done
         now = time.monotonic()
-        if not finished and now - self.downloads.get(key, 0) < 2:
+        if now - self.last_progress < 2:
             return
-        self.downloads[key] = now
-        amount = human_size(done) + (f" of {human_size(total)}" if total else "")
-        state = "fetched" if finished else "fetching"
-        self.write(f"  {source}: {state} {record.get('url', key)} ({amount})")
+        self.last_progress = now
+        fetched = human_size(sum(self.downloads.values()))
+        self.write(f"  {source}: {len(self.downloads)} files fetched so far ({fetched})")
 
     def message(self, text: str) -> None:
         self.write(text)

@@ -23,6 +23,7 @@ from .meta import load_meta
 from .model import Manifest, Pipeline, Stage
 from .monitor import Monitor, StageResult
 from .objectstore import ObjectStore
+from .prefetch import Prefetcher
 
 # A stage that ran this long is kept in the store even without --checkpoint:
 # copying its tree costs far less than running it again after a later change.
@@ -58,6 +59,10 @@ class Builder:
             with ExitStack() as stack:
                 self.stack = stack
                 self.workdir = stack.enter_context(self.store.tempdir("build"))
+                self.prefetch = Prefetcher(self.libdir, self.store.source_dir(),
+                                           self.plan_sources(plan), self.monitor.source_progress,
+                                           self.monitor.message).start()
+                stack.callback(self.prefetch.stop)
                 for pipeline in plan:
                     self.build_pipeline(pipeline)
                 for name in exports:
@@ -91,6 +96,7 @@ class Builder:
         tree.mkdir(mode=0o755)
         if base >= 0:
             copy_tree(self.trees.pop(pipeline.name), tree)
+        self.prefetch.wait(pipeline.name)
         self.fetch_sources(pipeline.stages[base + 1:])
         root = Path("/") if pipeline.build is None else self.trees[pipeline.build]
         buildroot = BuildRoot(root, pipeline.runner or "org.osbuild.linux", self.libdir,
@@ -135,6 +141,33 @@ class Builder:
         return self.trees[name]
 
     # -- sources -----------------------------------------------------------
+
+    def plan_sources(self, plan: list[Pipeline]) -> dict[str, dict[str, dict[str, Any]]]:
+        """What each pipeline will need downloaded, judged by what the store holds now."""
+        cache = self.store.source_dir()
+        owner = {c: kind for kind, items in self.manifest.sources.items() for c in items}
+        batches: dict[str, dict[str, dict[str, Any]]] = {}
+        v1_pending = self.manifest.version == "1"
+        for pipeline in plan:
+            cached = [self.store.contains(s.id) for s in pipeline.stages]
+            base = max((i for i, hit in enumerate(cached) if hit), default=-1)
+            to_run = pipeline.stages[base + 1:]
+            wanted = {c for s in to_run for i in s.inputs.values()
+                      for c in inputs.source_checksums(i)}
+            if v1_pending and to_run:
+                wanted |= set(owner)
+                v1_pending = False
+            batch: dict[str, dict[str, Any]] = {}
+            for checksum in sorted(wanted):
+                kind = owner.get(checksum)
+                if kind and not (cache / checksum).exists():
+                    batch.setdefault(kind, {})[checksum] = self.manifest.sources[kind][checksum]
+            if batch:
+                batches[pipeline.name] = batch
+        count = sum(len(items) for b in batches.values() for items in b.values())
+        if count:
+            self.monitor.message(f"fetching {count} files in the background")
+        return batches
 
     def fetch_sources(self, stages: list[Stage]) -> None:
         """Fetch what the stages about to run need; v1 stages name no inputs, so fetch all."""

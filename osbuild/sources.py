@@ -36,8 +36,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,7 +57,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress records of one item
 DEFAULT_RETRIES = 4  # so five attempts in all
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry; doubles each time
 DEFAULT_TIMEOUT = 30.0  # seconds without data before a connection counts as dead
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 8  # pool files are many and small: latency, not bandwidth, bounds them
 
 # HTTP statuses worth another attempt: server trouble, and 404 because
 # mirrors briefly miss files while they sync.
@@ -118,6 +119,7 @@ def fetch(
     cache: Path,
     options: dict[str, Any] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Make sure every item ends up in `cache` as the file named by its checksum.
 
@@ -152,13 +154,17 @@ def fetch(
             stderr=stderr,
             process_group=0,
         )
-        try:
-            _talk(proc, request, errors, on_progress)
-            returncode = proc.wait()
-        except BaseException:
-            _kill(proc)
+        with _killed_on(cancel, proc):
+            try:
+                _talk(proc, request, errors, on_progress)
+                returncode = proc.wait()
+            except BaseException:
+                _kill(proc)
+                _remove_temps(cache, proc.pid)
+                raise
+        if cancel is not None and cancel.is_set():
             _remove_temps(cache, proc.pid)
-            raise
+            raise SourceError(f"{source_type}: cancelled")
         if returncode != 0:
             _remove_temps(cache, proc.pid)
             stderr.seek(0)
@@ -167,6 +173,29 @@ def fetch(
     for checksum in missing:
         if not (cache / checksum).is_file():
             raise SourceError(f"{source_type} finished but did not provide {checksum}")
+
+
+@contextmanager
+def _killed_on(cancel: threading.Event | None, proc: subprocess.Popen) -> Iterator[None]:
+    """Kill `proc` as soon as `cancel` is set (fetches in a background thread use this)."""
+    if cancel is None:
+        yield
+        return
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(0.1):
+            if cancel.is_set():
+                _kill(proc)
+                return
+
+    watchdog = threading.Thread(target=watch, daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        watchdog.join()
 
 
 def _talk(

@@ -127,7 +127,7 @@ def test_connection_refused_is_an_error(server, tmp_path, monkeypatch):
 
 def test_parallel_fetch_of_many_items(server, tmp_path):
     items = {}
-    for i in range(16):
+    for i in range(4 * sources.DEFAULT_WORKERS):
         data = f"item {i}\n".encode() * (i + 1)
         path = f"/many/{i}"
         server.delay[path] = 0.2
@@ -137,9 +137,9 @@ def test_parallel_fetch_of_many_items(server, tmp_path):
     elapsed = time.monotonic() - start
     for checksum in items:
         assert sources.verify_file(tmp_path / checksum, checksum)
-    # A bounded pool: more than one at a time, never more than four.
-    assert 2 <= server.max_in_flight <= 4
-    assert elapsed < 16 * 0.2
+    # A bounded pool: more than one at a time, never more than the pool's size.
+    assert 2 <= server.max_in_flight <= sources.DEFAULT_WORKERS
+    assert elapsed < 4 * sources.DEFAULT_WORKERS * 0.2
 
 
 def test_one_failure_fails_the_whole_fetch(server, tmp_path):
