@@ -1,0 +1,551 @@
+"""Debian installer and apt stages: debs, mmdebstrap, apt.sources, apt.config, debconf.
+
+The installs are real: pinned .debs from the Debian archive (the mirror of the
+host's apt configuration, read at run time), resolved by osbuild.depsolve and
+fetched by the engine, or mmdebstrap with the network. Error paths that need
+no archive use small .debs built here with dpkg-deb.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from conftest import Osbuild
+from stagetest import load_meta, run_stage
+
+from osbuild.buildroot import StageRun
+from osbuild.depsolve import DEFAULT_KEYRING, Solution, depsolve, host_mirror
+
+SUITE = "trixie"
+EPOCH = 1_700_000_000
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    meta = load_meta(f"org.osbuild.{name}")
+    schema = meta.get("schema_2", {}).get("options", meta["schema"])
+    return jsonschema.Draft202012Validator({"type": "object", **schema})
+
+
+def accepts(name: str, options: dict[str, Any]) -> None:
+    validator(name).validate(options)
+
+
+def rejects(name: str, options: dict[str, Any]) -> None:
+    assert not validator(name).is_valid(options), f"{name} accepted {options}"
+
+
+def run(name: str, options: dict[str, Any], tree: Path, tmp_path: Path, **kw: Any) -> StageRun:
+    """Run a stage after checking its options against its schema, as the engine does."""
+    accepts(name, options)
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return run_stage(f"org.osbuild.{name}", options, tree, work, **kw)
+
+
+def ok(result: StageRun) -> None:
+    assert result.returncode == 0, "\n".join(result.tail)
+
+
+def failed_with(result: StageRun, text: str) -> None:
+    assert result.returncode != 0
+    assert text in result.tail[-1], result.tail
+    assert "Traceback" not in "\n".join(result.tail)
+
+
+def native_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def dpkg_status(tree: Path) -> list[tuple[str, str, str]]:
+    out = subprocess.run(
+        ["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "--show",
+         "--showformat=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+        capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert all(row[0].strip() == "ii" for row in rows), [r for r in rows if r[0] != "ii "]
+    return sorted((name, version, arch) for _, name, version, arch in rows)
+
+
+@pytest.fixture(scope="module")
+def mirror() -> str:
+    return host_mirror()
+
+
+@pytest.fixture(scope="module")
+def minbase(mirror: str) -> Solution:
+    """trixie's minbase plus a few packages, pinned: what the archive holds today.
+
+    initramfs-tools without a kernel exercises the initramfs options cheaply.
+    """
+    return depsolve(SUITE, native_arch(), mirror, [DEFAULT_KEYRING],
+                    ["hostname", "initramfs-tools", "zstd"])
+
+
+def debs_stage(references: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return {"type": "org.osbuild.debs", "options": options,
+            "inputs": {"packages": {"type": "org.osbuild.files",
+                                    "origin": "org.osbuild.source",
+                                    "references": references}}}
+
+
+def pinned_manifest(solution: Solution, stages: list[dict[str, Any]],
+                    **options: Any) -> dict[str, Any]:
+    references = solution.references()
+    return {"version": "2",
+            "sources": {"org.osbuild.curl": {"items": solution.sources()}},
+            "pipelines": [{"name": "os", "source-epoch": EPOCH,
+                           "stages": [debs_stage(references, **options), *stages]}]}
+
+
+# --- org.osbuild.debs through the engine, from the real archive ------------------------
+
+
+@pytest.mark.slow
+def test_debs_installs_exactly_the_pinned_set_and_rebuilds_from_cache(
+        osbuild: Osbuild, minbase: Solution, mirror: str) -> None:
+    sources = {"sources": [{"uris": [mirror], "suites": [SUITE, f"{SUITE}-updates"],
+                            "components": ["main"], "signed_by": KEYRING}]}
+    config = {"filename": "99osbuild", "config": {"APT": {"Install-Recommends": False}}}
+    selections = {"selections": [{"package": "tzdata", "question": "tzdata/Areas",
+                                  "type": "select", "value": "Europe"}]}
+    accepts("apt.sources", sources)
+    accepts("apt.config", config)
+    accepts("debconf", selections)
+    accepts("debs", {"exclude_docs": True, "initramfs_compress": "zstd"})
+    manifest = pinned_manifest(minbase, [
+        {"type": "org.osbuild.apt.sources", "options": sources},
+        {"type": "org.osbuild.apt.config", "options": config},
+        {"type": "org.osbuild.debconf", "options": selections},
+    ], exclude_docs=True, initramfs_compress="zstd")
+    first = osbuild.build_json(manifest, "--export", "os", "--output-directory",
+                               str(osbuild.output))
+    tree = osbuild.output / "os"
+    pinned = sorted((p["name"], p["version"], p["architecture"]) for p in minbase.packages)
+    assert "hostname" in {name for name, _, _ in pinned}
+    assert dpkg_status(tree) == pinned
+
+    metadata = first["metadata"]["os"]["org.osbuild.debs"]["packages"]
+    expected = sorted(({"name": p["name"], "version": p["version"],
+                        "architecture": p["architecture"], "sha256": p["sha256"]}
+                       for p in minbase.packages), key=lambda p: p["name"])
+    assert metadata == expected
+
+    # The build's repository and the build root's files are gone; apt's state is clean.
+    assert (tree / "etc/apt/sources.list").read_bytes() == b""
+    assert not (tree / "tmp/osbuild-debs").exists()
+    assert os.listdir(tree / "tmp") == []
+    assert not list((tree / "var/cache/apt/archives").glob("*.deb"))
+    assert not [p for p in (tree / "var/lib/apt/lists").iterdir() if p.is_file()
+                and p.name != "lock"]
+    assert not (tree / "etc/hostname").exists() and not (tree / "etc/resolv.conf").exists()
+    assert not (tree / "etc/apt/apt.conf.d/99mmdebstrap").exists()
+
+    # exclude_docs: no manuals or changelogs, copyrights kept, and so for later installs.
+    assert os.listdir(tree / "etc/dpkg/dpkg.cfg.d") == ["99mmdebstrap"]
+    assert "path-exclude=/usr/share/man/*\n" in \
+        (tree / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").read_text()
+    assert (tree / "usr/share/doc/dpkg/copyright").is_file()
+    assert not list((tree / "usr/share/doc/dpkg").glob("changelog*"))
+    assert not [p for p in (tree / "usr/share/man").rglob("*") if p.is_file()]
+    # initramfs_compress is configured; with no kernel there is no initrd to make.
+    assert (tree / "etc/initramfs-tools/conf.d/osbuild-compress").read_text() == \
+        "COMPRESS=zstd\n"
+    assert not list((tree / "boot").iterdir())
+
+    # The image's apt reads what the apt stages wrote, as they wrote it.
+    assert (tree / "etc/apt/sources.list.d/debian.sources").read_text() == (
+        f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
+        f"Signed-By: {KEYRING}\n")
+    targets = subprocess.run(["chroot", str(tree), "apt-get", "indextargets",
+                              "--no-release-info", "--format", "$(SITE) $(RELEASE)"],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"{mirror.rstrip('/')} {SUITE}-updates" in targets
+    assert (tree / "etc/apt/apt.conf.d/99osbuild").read_text() == \
+        'APT::Install-Recommends "false";\n'
+    dump = subprocess.run(["chroot", str(tree), "apt-config", "dump",
+                           "APT::Install-Recommends"], capture_output=True, text=True,
+                          check=True).stdout
+    assert dump == 'APT::Install-Recommends "false";\n'
+    db = (tree / "var/cache/debconf/config.dat").read_text()
+    assert "Name: tzdata/Areas\nTemplate: tzdata/Areas\nValue: Europe\n" in db
+
+    second = osbuild.build_json(manifest)
+    assert all(s["cached"] for s in second["pipelines"]["os"]["stages"])
+    assert second["metadata"] == first["metadata"]
+
+
+def test_debs_with_a_dependency_missing_fails_naming_it(osbuild: Osbuild,
+                                                        minbase: Solution) -> None:
+    # hostname alone: a real .deb whose libc6 is not pinned.
+    alone = Solution(SUITE, minbase.architecture,
+                     [p for p in minbase.packages if p["name"] == "hostname"])
+    proc = osbuild.run(pinned_manifest(alone, []), check=False)
+    assert proc.returncode == 1
+    assert "the pinned package set is incomplete: hostname needs libc6" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupted_deb_is_rejected_before_the_stage(osbuild: Osbuild,
+                                                    minbase: Solution) -> None:
+    by_name = {p["name"]: p for p in minbase.packages}
+    wanted, other = by_name["hostname"], by_name["base-files"]
+    checksum = f"sha256:{wanted['sha256']}"
+    manifest = {"version": "2",
+                "sources": {"org.osbuild.curl": {"items": {checksum: {"url": other["url"]}}}},
+                "pipelines": [{"name": "os", "stages": [debs_stage({checksum: {}})]}]}
+    proc = osbuild.run(manifest, check=False)
+    assert proc.returncode == 1
+    assert other["url"] in proc.stderr and "Traceback" not in proc.stderr
+    assert "org.osbuild.debs" not in proc.stdout
+    assert not list((osbuild.store / "objects").iterdir())
+
+
+# --- org.osbuild.debs: bad input, with .debs made here --------------------------------
+
+
+def make_deb(directory: Path, name: str, version: str = "1.0", depends: str = "") -> str:
+    """Build a tiny .deb into `directory` under its checksum, as a source input holds it."""
+    root = directory / f"build-{name}"
+    (root / "DEBIAN").mkdir(parents=True)
+    control = (f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+               "Maintainer: osbuild tests <test@example.org>\nDescription: test package\n")
+    if depends:
+        control += f"Depends: {depends}\n"
+    (root / "DEBIAN/control").write_text(control)
+    deb = directory / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)],
+                   check=True, capture_output=True)
+    checksum = "sha256:" + hashlib.sha256(deb.read_bytes()).hexdigest()
+    deb.rename(directory / checksum)
+    shutil.rmtree(root)
+    return checksum
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    path = tmp_path / "files"
+    path.mkdir()
+    return path
+
+
+def run_debs(tmp_path: Path, files: Path, references: dict[str, Any],
+             **options: Any) -> StageRun:
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    return run("debs", options, tree, tmp_path,
+               inputs={"packages": {"path": files, "data": {"files": references}}})
+
+
+def test_debs_names_a_dependency_that_is_not_pinned(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a", depends="osbuild-test-b (>= 1), libc6 | musl")
+    failed_with(run_debs(tmp_path, files, {a: {}}),
+                "the pinned package set is incomplete: osbuild-test-a needs "
+                "osbuild-test-b (>= 1); osbuild-test-a needs libc6 | musl")
+
+
+def test_debs_refuses_a_file_that_is_not_referenced(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a")
+    b = make_deb(files, "osbuild-test-b")
+    failed_with(run_debs(tmp_path, files, {a: {}}),
+                f"input file {b} is not among the input's references")
+
+
+def test_debs_refuses_a_reference_without_a_file(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a")
+    missing = "sha256:" + "0" * 64
+    failed_with(run_debs(tmp_path, files, {a: {}, missing: {}}),
+                f"input reference {missing} has no file in the input")
+
+
+def test_debs_checks_reference_metadata_against_the_file(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a", version="2.0")
+    failed_with(run_debs(tmp_path, files, {a: {"metadata": {"name": "osbuild-test-a",
+                                                            "version": "1.0"}}}),
+                f"{a} is osbuild-test-a 2.0, but its reference says version '1.0'")
+
+
+def test_debs_refuses_a_package_pinned_twice(tmp_path: Path, files: Path) -> None:
+    one = make_deb(files, "osbuild-test-a", version="1.0")
+    two = make_deb(files, "osbuild-test-a", version="2.0")
+    failed_with(run_debs(tmp_path, files, {one: {}, two: {}}),
+                "osbuild-test-a:all is pinned twice (1.0 and 2.0)")
+
+
+def test_debs_refuses_a_file_that_is_not_a_deb(tmp_path: Path, files: Path) -> None:
+    data = b"not a debian package"
+    checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+    (files / checksum).write_bytes(data)
+    failed_with(run_debs(tmp_path, files, {checksum: {}}),
+                f"{checksum} is not a Debian package")
+
+
+def test_debs_needs_an_empty_tree(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a")
+    (tmp_path / "tree/etc").mkdir(parents=True)
+    failed_with(run_debs(tmp_path, files, {a: {}}),
+                "org.osbuild.debs installs into an empty tree, but the tree has etc")
+
+
+def test_debs_initramfs_compressor_must_be_pinned(tmp_path: Path, files: Path) -> None:
+    a = make_deb(files, "osbuild-test-a")
+    failed_with(run_debs(tmp_path, files, {a: {}}, initramfs_compress="zstd"),
+                "initramfs_compress zstd needs package zstd in the pinned set")
+
+
+def test_debs_schema() -> None:
+    accepts("debs", {})
+    accepts("debs", {"architecture": "amd64", "exclude_docs": True,
+                     "initramfs_compress": "zstd"})
+    rejects("debs", {"variant": "minbase"})
+    rejects("debs", {"initramfs_compress": "brotli"})
+    rejects("debs", {"architecture": "AMD64"})
+    rejects("debs", {"exclude_docs": "yes"})
+    inputs = jsonschema.Draft202012Validator(load_meta("org.osbuild.debs")["schema_2"]["inputs"])
+    good = {"packages": {"type": "org.osbuild.files", "origin": "org.osbuild.source",
+                         "references": {"sha256:" + "a" * 64: {}}}}
+    assert inputs.is_valid(good)
+    assert not inputs.is_valid({})
+    assert not inputs.is_valid({"packages": {**good["packages"], "references": {}}})
+    assert not inputs.is_valid({"packages": {**good["packages"],
+                                             "references": {"md5:" + "a" * 32: {}}}})
+    assert not inputs.is_valid({"packages": {**good["packages"],
+                                             "origin": "org.osbuild.pipeline"}})
+
+
+# --- org.osbuild.mmdebstrap -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mmdebstrap_bootstraps_from_the_archive(osbuild: Osbuild, mirror: str) -> None:
+    options = {"suite": SUITE, "mirror": mirror, "variant": "essential",
+               "include": ["less"], "keyrings": [KEYRING]}
+    accepts("mmdebstrap", options)
+    manifest = {"version": "2", "pipelines": [{"name": "os", "source-epoch": EPOCH, "stages": [
+        {"type": "org.osbuild.mmdebstrap", "options": options}]}]}
+    result = osbuild.build_json(manifest, "--export", "os", "--output-directory",
+                                str(osbuild.output))
+    tree = osbuild.output / "os"
+    packages = result["metadata"]["os"]["org.osbuild.mmdebstrap"]["packages"]
+    assert [(p["name"], p["version"], p["architecture"]) for p in packages] == dpkg_status(tree)
+    names = {p["name"] for p in packages}
+    assert {"dpkg", "less", "base-files"} <= names and "apt" not in names
+    assert packages == sorted(packages, key=lambda p: (p["name"], p["architecture"]))
+    assert (tree / "etc/apt/sources.list").read_bytes() == b""
+    assert not (tree / "etc/hostname").exists() and not (tree / "etc/resolv.conf").exists()
+    assert os.listdir(tree / "etc/dpkg/dpkg.cfg.d") == []
+    assert not list((tree / "var/cache/apt/archives").glob("*.deb"))
+
+
+def test_mmdebstrap_fails_cleanly_on_an_unknown_package(osbuild: Osbuild, mirror: str) -> None:
+    # custom: apt resolves the include before anything is installed, so this fails fast.
+    options = {"suite": SUITE, "mirror": mirror, "variant": "custom",
+               "include": ["osbuild-no-such-package"]}
+    manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [
+        {"type": "org.osbuild.mmdebstrap", "options": options}]}]}
+    proc = osbuild.run(manifest, check=False)
+    assert proc.returncode == 1
+    assert "osbuild-no-such-package" in proc.stderr + proc.stdout
+    assert "mmdebstrap failed with exit status" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_mmdebstrap_schema() -> None:
+    meta = load_meta("org.osbuild.mmdebstrap")
+    assert meta["network"] is True
+    accepts("mmdebstrap", {"suite": "trixie", "mirror": "http://mirror.example/debian"})
+    accepts("mmdebstrap", {"suite": "bookworm", "mirrors": ["http://a.example/debian",
+                                                            "http://b.example/debian"],
+                           "variant": "minbase", "components": ["main", "contrib"],
+                           "architectures": ["amd64", "i386"], "include": ["systemd=257-1"],
+                           "apt_options": ['Acquire::Retries "3"'],
+                           "dpkg_options": ["path-exclude=/usr/share/man/*"],
+                           "exclude_docs": True})
+    rejects("mmdebstrap", {"suite": "trixie"})
+    rejects("mmdebstrap", {"mirror": "http://mirror.example/debian"})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "mirrors": ["http://x.example/d"]})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "deb.example.org"})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "variant": "extract"})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "include": ["a,b"]})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "include": ["./local.deb"]})
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "keyrings": ["/usr/share/../../etc/key.gpg"]})
+    # A leading '/' would make mmdebstrap read a build root file as the option.
+    rejects("mmdebstrap", {"suite": "trixie", "mirror": "http://x.example/d",
+                           "dpkg_options": ["/etc/passwd"]})
+
+
+# --- org.osbuild.apt.sources ------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    path = tmp_path / "tree"
+    (path / "etc").mkdir(parents=True)
+    return path
+
+
+def test_apt_sources_writes_deb822_stanzas(tree: Path, tmp_path: Path) -> None:
+    options = {"sources": [
+        {"uris": ["http://deb.example.org/debian"], "suites": ["trixie", "trixie-updates"],
+         "components": ["main", "non-free-firmware"], "signed_by": KEYRING},
+        {"types": ["deb", "deb-src"], "uris": ["http://security.example.org/debian-security"],
+         "suites": ["trixie-security"], "components": ["main"], "architectures": ["amd64"],
+         "signed_by": [KEYRING, "/etc/apt/keyrings/extra.gpg"], "enabled": False},
+        {"uris": ["file:/srv/repo"], "suites": ["./"]},
+    ]}
+    ok(run("apt.sources", options, tree, tmp_path))
+    path = tree / "etc/apt/sources.list.d/debian.sources"
+    assert path.read_text() == (
+        "Types: deb\nURIs: http://deb.example.org/debian\nSuites: trixie trixie-updates\n"
+        f"Components: main non-free-firmware\nSigned-By: {KEYRING}\n"
+        "\n"
+        "Types: deb deb-src\nURIs: http://security.example.org/debian-security\n"
+        "Suites: trixie-security\nComponents: main\nArchitectures: amd64\n"
+        f"Signed-By: {KEYRING} /etc/apt/keyrings/extra.gpg\nEnabled: no\n"
+        "\n"
+        "Types: deb\nURIs: file:/srv/repo\nSuites: ./\n")
+    assert path.stat().st_mode & 0o7777 == 0o644
+
+
+def test_apt_sources_filename_and_replacing_a_symlink(tree: Path, tmp_path: Path) -> None:
+    (tree / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tree / "outside").write_text("untouched\n")
+    (tree / "etc/apt/sources.list.d/local.sources").symlink_to("../../../outside")
+    ok(run("apt.sources", {"filename": "local.sources", "sources": [
+        {"uris": ["http://deb.example.org/debian"], "suites": ["trixie"],
+         "components": ["main"]}]}, tree, tmp_path))
+    path = tree / "etc/apt/sources.list.d/local.sources"
+    assert not path.is_symlink()
+    assert path.read_text() == ("Types: deb\nURIs: http://deb.example.org/debian\n"
+                                "Suites: trixie\nComponents: main\n")
+    assert (tree / "outside").read_text() == "untouched\n"
+
+
+def test_apt_sources_checks_flat_repositories_at_run_time(tree: Path, tmp_path: Path) -> None:
+    # Stages may be run on unchecked options: the stage's own check, not the schema's.
+    source = {"uris": ["file:/srv/repo"], "suites": ["./"], "components": ["main"]}
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_stage("org.osbuild.apt.sources", {"sources": [source]}, tree, work)
+    failed_with(result, "sources[0]: a flat repository has no components")
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"sources": []},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["trixie"]}]},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["./"],
+                  "components": ["main"]}]},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["trixie"],
+                  "components": ["main contrib"]}]},
+    {"sources": [{"uris": ["deb.example.org"], "suites": ["trixie"], "components": ["main"]}]},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["trixie"],
+                  "components": ["main"], "types": ["rpm"]}]},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["trixie"],
+                  "components": ["main"], "signed_by": "keyring.gpg"}]},
+    {"sources": [{"uris": ["http://d.example/debian"], "suites": ["trixie"],
+                  "components": ["main"], "trusted": True}]},
+    {"filename": "../../evil.sources", "sources": [
+        {"uris": ["http://d.example/debian"], "suites": ["trixie"], "components": ["main"]}]},
+    {"filename": "debian.list", "sources": [
+        {"uris": ["http://d.example/debian"], "suites": ["trixie"], "components": ["main"]}]},
+])
+def test_apt_sources_schema_rejects(options: dict[str, Any]) -> None:
+    rejects("apt.sources", options)
+
+
+# --- org.osbuild.apt.config -------------------------------------------------------------
+
+
+def test_apt_config_renders_scopes_lists_and_scalars(tree: Path, tmp_path: Path) -> None:
+    options = {"filename": "90osbuild.conf", "config": {
+        "APT": {"Install-Recommends": False, "Install-Suggests": False},
+        "Acquire": {"Retries": 3, "http": {"Proxy": "http://proxy.example:3128/"}},
+        "DPkg": {"Pre-Invoke": ["echo one", "echo two"]},
+    }}
+    ok(run("apt.config", options, tree, tmp_path))
+    path = tree / "etc/apt/apt.conf.d/90osbuild.conf"
+    assert path.read_text() == (
+        'APT::Install-Recommends "false";\n'
+        'APT::Install-Suggests "false";\n'
+        'Acquire::Retries "3";\n'
+        'Acquire::http::Proxy "http://proxy.example:3128/";\n'
+        'DPkg::Pre-Invoke { "echo one"; "echo two"; };\n')
+    assert path.stat().st_mode & 0o7777 == 0o644
+    # The host's apt (the build root's) parses it to the same values.
+    dump = subprocess.run(["apt-config", "-c", str(path), "dump", "DPkg::Pre-Invoke"],
+                          capture_output=True, text=True, check=True).stdout
+    assert 'DPkg::Pre-Invoke:: "echo one";\nDPkg::Pre-Invoke:: "echo two";' in dump
+
+
+def test_apt_config_refuses_a_bad_value_at_run_time(tree: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_stage("org.osbuild.apt.config", {"filename": "x", "config": {
+        "APT": {"Bad": 'quote " inside'}}}, tree, work)
+    failed_with(result, "cannot be written as an apt value")
+    assert not (tree / "etc/apt").exists()
+
+
+@pytest.mark.parametrize("options", [
+    {"filename": "99x"},
+    {"config": {"APT": {"Install-Recommends": False}}},
+    {"filename": "99x", "config": {}},
+    {"filename": "99x", "config": {"APT": {}}},
+    {"filename": "99x", "config": {"APT::Install-Recommends": False}},
+    {"filename": "99x", "config": {"APT": {"Bad": 'a "quoted" value'}}},
+    {"filename": "99x", "config": {"APT": {"Bad": "two\nlines"}}},
+    {"filename": "99x", "config": {"APT": {"Bad": 1.5}}},
+    {"filename": "99x", "config": {"APT": {"Bad": None}}},
+    {"filename": "99x", "config": {"APT": {"List": [{"nested": "object"}]}}},
+    {"filename": "99x.list", "config": {"APT": {"Install-Recommends": False}}},
+    {"filename": "../99x", "config": {"APT": {"Install-Recommends": False}}},
+    {"filename": "99x", "config": {"APT": {"Install-Recommends": False}}, "mode": "0644"},
+])
+def test_apt_config_schema_rejects(options: dict[str, Any]) -> None:
+    rejects("apt.config", options)
+
+
+# --- org.osbuild.debconf ----------------------------------------------------------------
+
+
+def test_debconf_needs_debconf_in_the_tree(tree: Path, tmp_path: Path) -> None:
+    failed_with(run("debconf", {"selections": [
+        {"package": "tzdata", "question": "tzdata/Areas", "type": "select",
+         "value": "Europe"}]}, tree, tmp_path),
+        "the tree has no /usr/bin/debconf-set-selections: install debconf first")
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"selections": []},
+    {"selections": [{"package": "tzdata", "question": "tzdata/Areas", "type": "select"}]},
+    {"selections": [{"package": "tzdata", "question": "tzdata Areas", "type": "select",
+                     "value": "Europe"}]},
+    {"selections": [{"package": "tzdata", "question": "tzdata/Areas", "type": "choice",
+                     "value": "Europe"}]},
+    {"selections": [{"package": "tzdata", "question": "tzdata/Areas", "type": "select",
+                     "value": "Europe\ntzdata tzdata/Zones/Europe select Berlin"}]},
+])
+def test_debconf_schema_rejects(options: dict[str, Any]) -> None:
+    rejects("debconf", options)
+
+
+def test_meta_files_are_valid_json_with_strict_schemas() -> None:
+    for name in ("debs", "mmdebstrap", "apt.sources", "apt.config", "debconf"):
+        meta = load_meta(f"org.osbuild.{name}")
+        assert meta["schema"]["additionalProperties"] is False
+        jsonschema.Draft202012Validator.check_schema({"type": "object", **meta["schema"]})
+        json.dumps(meta)
