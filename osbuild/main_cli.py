@@ -121,7 +121,7 @@ def error_json(error: OsbuildError) -> dict[str, Any]:
 
 def build(args: argparse.Namespace) -> int:
     libdir = (args.libdir or default_libdir()).resolve()
-    manifest = formats.load(read_manifest(args.manifest), host_runner(libdir))
+    manifest = formats.load(read_manifest(args.manifest), host_runner(libdir), libdir)
     validate(manifest, libdir)
     if args.inspect:
         print(json.dumps(formats.describe(manifest), indent=2))

@@ -5,9 +5,11 @@ It is loaded as pipelines named `build` (its build is `build-build`, ...),
 """
 
 import copy
+from pathlib import Path
 from typing import Any
 
-from ..meta import raise_if, schema_errors
+from ..errors import ManifestError
+from ..meta import load_meta, raise_if, schema_errors
 from ..model import Input, Manifest, Pipeline, Stage, check_graph
 
 MODULE = {"type": "string", "pattern": "^org\\.osbuild\\.[A-Za-z0-9_.-]+$", "maxLength": 256}
@@ -59,35 +61,57 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+def stage_inputs(stage: Stage, libdir: Path | None) -> None:
+    """Turn options that name source files into inputs, as the stage's meta says.
+
+    v1 has no inputs; a stage like org.osbuild.debs lists its .debs in an option
+    (".meta.json": {"v1_inputs": {"<input>": "<option>"}}). The option moves into
+    an org.osbuild.files input, so the stage sees the same arguments as in v2.
+    """
+    meta = load_meta(libdir, "stages", stage.name) if libdir else None
+    for input_name, option in (meta or {}).get("v1_inputs", {}).items():
+        if option not in stage.options:
+            continue
+        value = stage.options.pop(option)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = {checksum: {} for checksum in value}
+        if not isinstance(value, dict):
+            raise ManifestError(f"{stage.path}.options.{option}: must be a list of checksums")
+        stage.inputs[input_name] = Input("org.osbuild.files", "org.osbuild.source", value)
+
+
 def load_pipeline(desc: dict[str, Any], name: str, path: str, runner: str,
-                  build: str | None, into: dict[str, Pipeline]) -> Pipeline:
-    stages = [Stage(s["name"], s.get("options", {}), f"{path}.stages[{i}]")
+                  build: str | None, into: dict[str, Pipeline],
+                  libdir: Path | None = None) -> Pipeline:
+    stages = [Stage(s["name"], dict(s.get("options", {})), f"{path}.stages[{i}]")
               for i, s in enumerate(desc.get("stages", []))]
+    for stage in stages:
+        stage_inputs(stage, libdir)
     pipeline = Pipeline(name, path, build, runner, None, stages)
     into[name] = pipeline
     return pipeline
 
 
 def load_chain(desc: dict[str, Any], name: str, path: str, host_runner: str,
-               into: dict[str, Pipeline]) -> tuple[str | None, str]:
+               into: dict[str, Pipeline], libdir: Path | None) -> tuple[str | None, str]:
     """Load `desc`'s build chain (innermost first); return its build name and runner."""
     build = desc.get("build")
     if build is None:
         return None, host_runner
     build_name = f"build-{name}" if name != "tree" else "build"
     inner_build, inner_runner = load_chain(build["pipeline"], build_name,
-                                           f"{path}.build.pipeline", host_runner, into)
+                                           f"{path}.build.pipeline", host_runner, into, libdir)
     load_pipeline(build["pipeline"], build_name, f"{path}.build.pipeline",
-                  inner_runner, inner_build, into)
+                  inner_runner, inner_build, into, libdir)
     return build_name, build.get("runner") or "org.osbuild.linux"
 
 
-def load(description: dict[str, Any], host_runner: str) -> Manifest:
+def load(description: dict[str, Any], host_runner: str, libdir: Path | None = None) -> Manifest:
     raise_if(schema_errors(description, SCHEMA, ""))
     desc = description.get("pipeline", {})
     pipelines: dict[str, Pipeline] = {}
-    build, runner = load_chain(desc, "tree", "pipeline", host_runner, pipelines)
-    load_pipeline(desc, "tree", "pipeline", runner, build, pipelines)
+    build, runner = load_chain(desc, "tree", "pipeline", host_runner, pipelines, libdir)
+    load_pipeline(desc, "tree", "pipeline", runner, build, pipelines, libdir)
     if "assembler" in desc:
         assembler = desc["assembler"]
         tree_input = Input("org.osbuild.tree", "org.osbuild.pipeline", {"name:tree": {}})

@@ -168,3 +168,22 @@ def test_describe_adds_ids() -> None:
     doc = formats.describe(m)
     assert doc["pipelines"][0]["id"] == m.pipelines["a"].id
     assert doc["pipelines"][0]["stages"][0]["id"] == m.pipelines["a"].stages[0].id
+
+
+def test_v1_source_options_become_inputs() -> None:
+    checksums = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    m = formats.load({"sources": {"org.osbuild.files": {"urls": {
+                          checksums[0]: "http://127.0.0.1/a.deb",
+                          checksums[1]: "http://127.0.0.1/b.deb"}}},
+                      "pipeline": {"stages": [{"name": "org.osbuild.debs",
+                                               "options": {"packages": checksums}}]}},
+                     HOST, LIBDIR)
+    validate(m, LIBDIR)
+    stage = m.pipelines["tree"].stages[0]
+    assert "packages" not in stage.options
+    assert list(stage.inputs["packages"].references) == checksums
+    bad = {"pipeline": {"stages": [{"name": "org.osbuild.debs", "options": {"packages": 3}}]}}
+    with pytest.raises(ManifestError) as info:
+        formats.load(bad, HOST, LIBDIR)
+    assert info.value.problems == ["pipeline.stages[0].options.packages: "
+                                   "must be a list of checksums"]
