@@ -3,17 +3,32 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STORE ?= $(CURDIR)/.store
 OUTPUT ?= $(CURDIR)/output
-SAMPLE ?= samples/default.json
-EXPORT ?= assembler
+SAMPLE ?= samples/debian13-qcow2.json
+EXPORT ?= qcow2
 PYTEST_ARGS ?=
 
-.PHONY: setup sample test test-fast lint clean
+.PHONY: setup sample samples bench test test-fast lint clean
 
 setup:
 	ci/setup
 
-sample: setup
+# A pinned manifest is made from its template once and reused, so rebuilds are
+# cached; `make samples` refreshes the pins.
+samples/%.json: samples/src/%.yaml | setup
+	$(VENV)/bin/osbuild-mpp $< $@
+
+sample: setup $(SAMPLE)
 	$(VENV)/bin/osbuild --store $(STORE) --output-directory $(OUTPUT) --export $(EXPORT) $(SAMPLE)
+
+# Regenerate every pinned sample manifest from its template (needs the archive).
+SAMPLE_SOURCES = $(wildcard samples/src/*.yaml)
+samples: setup
+	for src in $(SAMPLE_SOURCES); do \
+		$(VENV)/bin/osbuild-mpp $$src samples/$$(basename $$src .yaml).json || exit 1; \
+	done
+
+bench: setup $(SAMPLE)
+	$(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT)
 
 test: setup
 	$(PY) -m pytest -n auto -q $(PYTEST_ARGS)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""`make bench`: time the default sample against the plain baseline on this machine.
+
+Four numbers, each measured once, one tool at a time: a cold build (empty
+store), a fully cached rebuild, a rebuild after changing only the hostname,
+and bench/baseline.sh doing just the necessary work by hand.
+"""
+
+import argparse
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from osbuild.depsolve import host_mirror  # noqa: E402
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def with_hostname(manifest: dict, hostname: str) -> dict:
+    changed = copy.deepcopy(manifest)
+    for pipeline in changed["pipelines"]:
+        for stage in pipeline.get("stages", []):
+            if stage["type"] == "org.osbuild.hostname":
+                stage["options"]["hostname"] = hostname
+                return changed
+    raise SystemExit("bench: the sample has no org.osbuild.hostname stage")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, default=ROOT / "samples/debian13-qcow2.json")
+    parser.add_argument("--export", default="qcow2")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    osbuild = [sys.executable, "-m", "osbuild"]
+    manifest = json.loads(args.manifest.read_text())
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        build = [*osbuild, "--store", str(work / "store"), "--output-directory",
+                 str(work / "out"), "--export", args.export]
+        results["cold build"] = timed([*build, str(args.manifest)])
+        results["fully cached rebuild"] = timed([*build, str(args.manifest)])
+        changed = work / "hostname.json"
+        changed.write_text(json.dumps(with_hostname(manifest, "bench-changed")))
+        results["rebuild after hostname change"] = timed([*build, str(changed)])
+        if not args.skip_baseline:
+            (work / "baseline").mkdir()
+            results["baseline script"] = timed(
+                ["bash", str(ROOT / "bench/baseline.sh"), str(work / "baseline"), host_mirror()])
+        shutil.rmtree(work / "store", ignore_errors=True)
+    baseline = results.get("baseline script")
+    print(f"{'measurement':32} {'seconds':>8} {'vs baseline':>12}")
+    for name, seconds in results.items():
+        ratio = f"{seconds / baseline:.2f}x" if baseline else "-"
+        print(f"{name:32} {seconds:8.1f} {ratio:>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

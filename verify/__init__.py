@@ -1,0 +1,1 @@
+"""Verification tools: boot images and check them from the inside."""
