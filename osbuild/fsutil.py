@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OsbuildError
+from .stagelib import disk_usage  # noqa: F401  (one implementation, shared with stages)
 
 
 def copy_tree(source: Path, target: Path) -> None:
@@ -49,25 +50,6 @@ def remove_tree(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes allocated for `path` and everything under it, hardlinked files counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    pending = [str(path)]
-    while pending:
-        current = pending.pop()
-        st = os.lstat(current)
-        if stat.S_ISDIR(st.st_mode):
-            pending.extend(entry.path for entry in os.scandir(current))
-        elif st.st_nlink > 1:
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-    return total
-
 
 
 def clamp_mtimes(tree: Path, epoch: int) -> None:

@@ -12,6 +12,7 @@ Stdlib only, like osbuild.api: it runs on the build root's Python.
 
 import os
 import posixpath
+import stat
 from typing import Any
 
 import osbuild.api
@@ -134,3 +135,21 @@ def locate(url: str, args: dict[str, Any], follow: bool = True) -> str:
     """Return the host path of a location option (see split_url), resolved by tree_path."""
     root, path = split_url(url, args)
     return tree_path(root, path, follow)
+
+
+def disk_usage(path: "str | os.PathLike[str]") -> int:
+    """Bytes allocated for `path` and everything under it, hardlinked files counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    pending = [str(path)]
+    while pending:
+        current = pending.pop()
+        st = os.lstat(current)
+        if stat.S_ISDIR(st.st_mode):
+            pending.extend(entry.path for entry in os.scandir(current))
+        elif st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        total += st.st_blocks * 512
+    return total

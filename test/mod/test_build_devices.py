@@ -102,3 +102,29 @@ def test_fat_mount_says_to_use_mtools(osbuild: Osbuild) -> None:
     proc = osbuild.run(disk_manifest(final), check=False)
     assert proc.returncode != 0
     assert "mtools" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_disk_too_small_for_the_tree_is_named_as_such(osbuild: Osbuild) -> None:
+    manifest = {"version": "2", "pipelines": [
+        {"name": "os", "stages": [script("head -c 30000000 /dev/urandom > big")]},
+        {"name": "image", "stages": [
+            script("truncate -s 24M disk.img && printf 'label: dos\\nstart=2048\\n' | "
+                   "sfdisk -q disk.img"),
+            {"type": "org.osbuild.mkfs.ext4", "options": {"uuid": "6e4ff95f-f662-45ee-a82a-"
+                                                                  "bdf44a2d0b75"},
+             "devices": {"device": loop(2048, 22 * MiB // SECTOR)}},
+            {"type": "org.osbuild.copy",
+             "inputs": {"tree": {"type": "org.osbuild.tree", "origin": "org.osbuild.pipeline",
+                                 "references": ["name:os"]}},
+             "options": {"paths": [{"from": "input://tree/", "to": "mount://root/"}]},
+             "devices": {"root": loop(2048, 22 * MiB // SECTOR)},
+             "mounts": [{"name": "root", "type": "org.osbuild.ext4", "source": "root",
+                         "target": "/"}]},
+        ]}]}
+    proc = osbuild.run(manifest, "--export", "image", "--output-directory",
+                       str(osbuild.output), check=False)
+    assert proc.returncode == 1
+    assert "the disk or partition is too small for the tree" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert leaks(osbuild.workdir) == []
+    assert not osbuild.output.exists()
