@@ -81,8 +81,29 @@ def _stray_directives(node: Any, where: str) -> list[str]:
     return []
 
 
+def _v1_directives(pipeline: Any, where: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """v1 has no inputs: a directive stands for a stage option (a list of checksums)."""
+    if not isinstance(pipeline, dict):
+        return
+    stages = pipeline.get("stages")
+    for j, stage in enumerate(stages if isinstance(stages, list) else []):
+        options = stage.get("options") if isinstance(stage, dict) else None
+        if not isinstance(options, dict):
+            continue
+        for key, value in options.items():
+            if isinstance(value, dict) and DIRECTIVE in value:
+                yield f"{where}.stages[{j}].options.{key}", options, key
+    build = pipeline.get("build")
+    if isinstance(build, dict):
+        yield from _v1_directives(build.get("pipeline"), f"{where}.build.pipeline")
+
+
 def _directives(manifest: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
-    """(location, inputs object, input name) of every stage input holding a directive."""
+    """(location, inputs object, input name) of every stage input holding a directive;
+    in v1, (location, options object, option name)."""
+    if manifest.get("version") != "2":
+        yield from _v1_directives(manifest.get("pipeline"), "pipeline")
+        return
     pipelines = manifest.get("pipelines")
     for i, pipeline in enumerate(pipelines if isinstance(pipelines, list) else []):
         stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
@@ -97,8 +118,10 @@ def _directives(manifest: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any],
 
 def process(template: Any, depsolver: Depsolver) -> dict[str, Any]:
     """The manifest with every directive resolved (the template is not modified)."""
-    if not isinstance(template, dict) or template.get("version") != "2":
-        raise ManifestError("version: osbuild-mpp takes v2 manifests (\"version\": \"2\")")
+    v1 = isinstance(template, dict) and "version" not in template and "pipeline" in template
+    if not isinstance(template, dict) or not (v1 or template.get("version") == "2"):
+        raise ManifestError("version: osbuild-mpp takes v2 manifests (\"version\": \"2\") "
+                            "or v1 manifests (a \"pipeline\")")
     manifest = json.loads(json.dumps(template))
     defaults = manifest.pop(VARS, {})
     if not isinstance(defaults, dict) or not set(defaults) <= set(REQUEST_SCHEMA["properties"]):
@@ -112,6 +135,17 @@ def process(template: Any, depsolver: Depsolver) -> dict[str, Any]:
     items: dict[str, Any] = {}
     for where, inputs, name in directives:
         spec = inputs[name]
+        if v1:
+            directive = spec[DIRECTIVE]
+            if set(spec) != {DIRECTIVE} or not isinstance(directive, dict):
+                raise ManifestError(f"{where}: must be just {{\"{DIRECTIVE}\": {{...}}}}")
+            try:
+                solution = depsolver.solve({**defaults, **directive})
+            except DepsolveError as e:
+                raise type(e)(f"{where}: {e}") from e
+            inputs[name] = list(solution.references())
+            items.update(solution.sources())
+            continue
         if "references" in spec:
             raise ManifestError(f"{where}: has both {DIRECTIVE} and references")
         directive = spec[DIRECTIVE]
@@ -126,6 +160,19 @@ def process(template: Any, depsolver: Depsolver) -> dict[str, Any]:
                         (solution.references() if k == DIRECTIVE else v)
                         for k, v in spec.items()}
         items.update(solution.sources())
+    if items and v1:
+        sources = manifest.setdefault("sources", {})
+        files = sources.setdefault("org.osbuild.files", {}) if isinstance(sources, dict) else None
+        urls = files.setdefault("urls", {}) if isinstance(files, dict) else None
+        if not isinstance(urls, dict):
+            raise ManifestError("sources: org.osbuild.files must hold a \"urls\" object")
+        for checksum, item in items.items():
+            urls.setdefault(checksum, item["url"])
+        manifest["sources"] = {name: ({**source, "urls": dict(sorted(source["urls"].items()))}
+                                      if isinstance(source, dict) and "urls" in source
+                                      else source)
+                               for name, source in sorted(sources.items())}
+        return manifest
     if items:
         sources = manifest.setdefault("sources", {})
         curl = sources.setdefault("org.osbuild.curl", {}) if isinstance(sources, dict) else None

@@ -169,3 +169,23 @@ def test_template_errors():
     assert proc.returncode == 2 and "mpp-vars: must be an object" in proc.stderr
     proc = run_mpp("only-one-argument")
     assert proc.returncode == 2 and "osbuild-mpp: error:" in proc.stderr
+
+
+def test_v1_directive_becomes_an_option_and_files_urls(tmp_path):
+    template = {"pipeline": {
+        "build": {"pipeline": {"stages": [{"name": "org.osbuild.debs", "options": {
+            "packages": {"mpp-depsolve": {"suite": "bookworm", "architecture": "amd64",
+                                          "variant": "essential", "packages": []}}}}]},
+                  "runner": "org.osbuild.debian12"},
+        "stages": [{"name": "org.osbuild.hostname", "options": {"hostname": "v1"}}]}}
+    output = tmp_path / "manifest.json"
+    proc = run_mpp("-", str(output), stdin=json.dumps(template))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(output.read_text())
+    packages = manifest["pipeline"]["build"]["pipeline"]["stages"][0]["options"]["packages"]
+    urls = manifest["sources"]["org.osbuild.files"]["urls"]
+    assert packages and all(p.startswith("sha256:") for p in packages)
+    assert set(packages) == set(urls) and all(u.endswith(".deb") for u in urls.values())
+    loaded = formats.load(manifest, "org.osbuild.debian12", ROOT)
+    stage = loaded.pipelines["build"].stages[0]
+    assert list(stage.inputs["packages"].references) == packages
