@@ -50,7 +50,6 @@ class Builder:
         self.trees: dict[str, Path] = {}
         self.results: dict[str, list[StageResult]] = {}
         self.used: set[str] = set()
-        self.fetched_all = False
 
     def build(self, exports: list[str], output_dir: Path | None) -> BuildResult:
         plan = self.manifest.order(exports or None)
@@ -142,27 +141,30 @@ class Builder:
 
     # -- sources -----------------------------------------------------------
 
+    def wanted_sources(self, stages: list[Stage]) -> set[str]:
+        """Checksums the stages about to run read; v1 stages name no inputs, so: all."""
+        wanted = {c for s in stages for i in s.inputs.values() for c in inputs.source_checksums(i)}
+        if self.manifest.version == "1" and stages:
+            wanted |= {c for items in self.manifest.sources.values() for c in items}
+        return wanted
+
+    def missing_sources(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """source type -> the wanted items not yet in the store's source cache."""
+        cache = self.store.source_dir()
+        missing: dict[str, dict[str, Any]] = {}
+        for kind, items in self.manifest.sources.items():
+            for checksum in sorted(wanted & set(items)):
+                if not (cache / checksum).exists():
+                    missing.setdefault(kind, {})[checksum] = items[checksum]
+        return missing
+
     def plan_sources(self, plan: list[Pipeline]) -> dict[str, dict[str, dict[str, Any]]]:
         """What each pipeline will need downloaded, judged by what the store holds now."""
-        cache = self.store.source_dir()
-        owner = {c: kind for kind, items in self.manifest.sources.items() for c in items}
-        batches: dict[str, dict[str, dict[str, Any]]] = {}
-        v1_pending = self.manifest.version == "1"
+        batches = {}
         for pipeline in plan:
             cached = [self.store.contains(s.id) for s in pipeline.stages]
             base = max((i for i, hit in enumerate(cached) if hit), default=-1)
-            to_run = pipeline.stages[base + 1:]
-            wanted = {c for s in to_run for i in s.inputs.values()
-                      for c in inputs.source_checksums(i)}
-            if v1_pending and to_run:
-                wanted |= set(owner)
-                v1_pending = False
-            batch: dict[str, dict[str, Any]] = {}
-            for checksum in sorted(wanted):
-                kind = owner.get(checksum)
-                if kind and not (cache / checksum).exists():
-                    batch.setdefault(kind, {})[checksum] = self.manifest.sources[kind][checksum]
-            if batch:
+            if batch := self.missing_sources(self.wanted_sources(pipeline.stages[base + 1:])):
                 batches[pipeline.name] = batch
         count = sum(len(items) for b in batches.values() for items in b.values())
         if count:
@@ -170,25 +172,19 @@ class Builder:
         return batches
 
     def fetch_sources(self, stages: list[Stage]) -> None:
-        """Fetch what the stages about to run need; v1 stages name no inputs, so fetch all."""
-        wanted = {c for s in stages for i in s.inputs.values() for c in inputs.source_checksums(i)}
-        if self.manifest.version == "1" and not self.fetched_all:
-            wanted |= {c for items in self.manifest.sources.values() for c in items}
-            self.fetched_all = True
-        cache = self.store.source_dir()
-        self.used |= wanted
-        for kind, items in self.manifest.sources.items():
-            missing = {c: item for c, item in items.items()
-                       if c in wanted and not (cache / c).exists()}
-            for checksum in set(items) & wanted - set(missing):
-                self.store.touch_source(checksum)
-            if missing:
-                self.monitor.message(f"fetching {len(missing)} files ({kind})")
-                sources.fetch(self.libdir, kind, missing, cache,
-                              on_progress=functools.partial(self.monitor.source_progress, kind))
+        """Make sure what the stages need is cached (the prefetch normally did it already)."""
+        wanted = self.wanted_sources(stages)
         unknown = wanted - {c for items in self.manifest.sources.values() for c in items}
         if unknown:
             raise OsbuildError(f"no source provides {sorted(unknown)[0]}")
+        self.used |= wanted
+        missing = self.missing_sources(wanted)
+        for checksum in wanted - {c for items in missing.values() for c in items}:
+            self.store.touch_source(checksum)
+        for kind, items in missing.items():
+            self.monitor.message(f"fetching {len(items)} files ({kind})")
+            sources.fetch(self.libdir, kind, items, self.store.source_dir(),
+                          on_progress=functools.partial(self.monitor.source_progress, kind))
 
     # -- stages ------------------------------------------------------------
 
