@@ -503,7 +503,7 @@ def ext4_from_dir(source: str, image: str, uuid: str, size: int, need: int,
     SOURCE_DATE_EPOCH is mke2fs's clock. mke2fs -d copies access and change
     times from the source, which differ between two copies of the same tree,
     so with SOURCE_DATE_EPOCH every inode's atime and ctime become it. mke2fs
-    does not copy the root directory's mode: debugfs sets it afterwards.
+    does not copy the root directory's mode and mtime: debugfs sets them afterwards.
     """
     root = os.lstat(source)
     env = dict(os.environ)
@@ -518,7 +518,9 @@ def ext4_from_dir(source: str, image: str, uuid: str, size: int, need: int,
         cmd += ["-L", label]
     check_mkfs(_capture([*cmd, image, f"{size // 1024}k"], env), "mkfs.ext4", need)
     spec = f"{image}?offset={offset}" if offset else image
-    commands = [f"set_inode_field / mode 0{stat.S_IFDIR | stat.S_IMODE(root.st_mode):o}"]
+    # mke2fs -d copies neither the root directory's mode nor its mtime.
+    commands = [f"set_inode_field / mode 0{stat.S_IFDIR | stat.S_IMODE(root.st_mode):o}",
+                f"set_inode_field / mtime @{int(root.st_mtime)}"]
     if epoch is not None:
         for ino in ext4_used_inodes(spec):
             if ino == 2 or ino >= 11:  # the root and what mke2fs made; not the reserved ones

@@ -66,3 +66,23 @@ class Osbuild:
 @pytest.fixture
 def osbuild(libdir: Path, tmp_path: Path) -> Osbuild:
     return Osbuild(libdir, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def default_sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default sample, pinned from its template and built once per session.
+
+    Under pytest-xdist each worker builds its own (they share no session);
+    tests that use it are marked slow.
+    """
+    work = tmp_path_factory.mktemp("default-sample")
+    manifest = work / "debian13-qcow2.json"
+    subprocess.run([sys.executable, "-m", "osbuild.mpp",
+                    str(ROOT / "samples/src/debian13-qcow2.yaml"), str(manifest)], check=True)
+    cmd = [sys.executable, "-m", "osbuild", "--json", "--store", str(work / "store"),
+           "--output-directory", str(work / "out"), "--export", "qcow2", str(manifest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"manifest": json.loads(manifest.read_text()), "result": json.loads(proc.stdout),
+            "image": work / "out/qcow2/debian13.qcow2", "store": work / "store",
+            "command": cmd}
