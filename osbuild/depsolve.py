@@ -15,7 +15,6 @@ osbuild-depsolve-deb [REQUEST]   REQUEST is JSON or YAML (a file, or stdin):
 prints {"sources": {"org.osbuild.curl": {"items": ...}}, "packages": [...]}.
 """
 
-import argparse
 import json
 import os
 import re
@@ -26,11 +25,12 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import jsonschema
 import yaml
 
+from . import cli
 from .errors import OsbuildError
 
 PROG = "osbuild-depsolve-deb"
@@ -452,32 +452,18 @@ def load_document(text: str, name: str) -> Any:
         raise RequestError(f"{name}: invalid YAML: {' '.join(str(e).split())}") from e
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise RequestError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=PROG, description="Resolve Debian packages to pinned .debs.")
+    parser = cli.Parser(prog=PROG, description="Resolve Debian packages to pinned .debs.")
     parser.add_argument("request", nargs="?", default="-",
                         help="JSON or YAML request file (default: stdin)")
-    try:
+
+    def body() -> None:
         args = parser.parse_args(argv)
-        if args.request == "-":
-            name, text = "<stdin>", sys.stdin.read()
-        else:
-            name, text = args.request, Path(args.request).read_text()
+        name, text = cli.read_input(args.request)
         solution = solve_request(load_document(text, name))
         print(json.dumps(solution.to_json(), indent=2))
-    except OsbuildError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":

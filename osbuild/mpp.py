@@ -16,7 +16,6 @@ The output is deterministic for one archive state: pretty-printed JSON,
 sources sorted by checksum, references in install order.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -24,21 +23,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from . import cli
 from .depsolve import (
     DEFAULT_KEYRING,
     REQUEST_SCHEMA,
     AptRoot,
     DepsolveError,
-    RequestError,
     Solution,
     host_mirror,
     load_document,
     repos_for,
     validate_request,
 )
-from .errors import ManifestError, OsbuildError
+from .errors import ManifestError
 
 PROG = "osbuild-mpp"
 DIRECTIVE = "mpp-depsolve"
@@ -208,33 +207,19 @@ def write_output(text: str, output: str) -> None:
         raise
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise RequestError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=PROG, description="Resolve mpp-depsolve directives in a manifest.")
+    parser = cli.Parser(prog=PROG, description="Resolve mpp-depsolve directives in a manifest.")
     parser.add_argument("input", help="manifest template, JSON or YAML ('-' for stdin)")
     parser.add_argument("output", help="pinned manifest to write ('-' for stdout)")
-    try:
+
+    def body() -> None:
         args = parser.parse_args(argv)
-        if args.input == "-":
-            name, text = "<stdin>", sys.stdin.read()
-        else:
-            name, text = args.input, Path(args.input).read_text()
+        name, text = cli.read_input(args.input)
         with ExitStack() as stack:
             manifest = process(load_document(text, name), Depsolver(stack))
         write_output(json.dumps(manifest, indent=2) + "\n", args.output)
-    except OsbuildError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":

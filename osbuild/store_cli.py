@@ -10,8 +10,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
+from . import cli
+from .cli import Parser
 from .errors import OsbuildError
 from .objectstore import (
     DEFAULT_MAX_SIZE,
@@ -23,15 +24,6 @@ from .objectstore import (
 )
 
 PROG = "osbuild-store"
-
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def size_argument(text: str) -> int | None:
@@ -112,17 +104,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except (OsbuildError, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run(PROG, lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
