@@ -1,0 +1,5 @@
+import sys
+
+from osbuild.image_info.cli import main
+
+sys.exit(main())

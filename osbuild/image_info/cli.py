@@ -1,0 +1,124 @@
+"""The `image-info` command: a JSON report of an image, a tree or a tarball on stdout.
+
+    image-info IMAGE|DIR|TARBALL [--backend auto|loop|guestfs] [--debug]
+
+Errors are one line on stderr and exit status 1; a traceback only for an
+internal bug and only with --debug. Every scratch file, loop device and mount
+lives in one ExitStack, so nothing is left behind, also on Ctrl-C.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from osbuild.errors import OsbuildError
+from osbuild.image_info import bootloader, source, tree
+from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
+from osbuild.image_info.disk import layout as read_layout
+from osbuild.image_info.treeview import Tree
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="image-info",
+        description="Print a JSON report of a disk image (raw, qcow2, vmdk, vpc, vdi, vhdx), "
+        "a file system image, a directory tree or a tarball.")
+    parser.add_argument("target", metavar="IMAGE|DIR|TARBALL", type=Path)
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="how file systems in an image are read: loop devices (root) or "
+                        "libguestfs (no root, slow); auto: loop as root, else guestfs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser.parse_args(argv)
+
+
+def tree_report(view: Tree) -> dict[str, Any]:
+    """The keys read from an OS tree, boot configuration included."""
+    report = tree.report(view)
+    report.update(bootloader.grub_menu(view))
+    report.update(bootloader.bootmenu(view))
+    report.update(bootloader.boot_environment(view))
+    return report
+
+
+def image_report(path: Path, compression: list[str] | None, backend: str,
+                 stack: contextlib.ExitStack) -> dict[str, Any]:
+    backend = choose(backend)  # before any work: a refusal comes first
+    if compression is not None:
+        raw = source.decompress_image(path, compression, source.scratch_dir(stack))
+        fmt = {**source.image_format(raw), "compression": compression[0]}
+    else:
+        raw, fmt = source.raw_image(path, stack)
+    report: dict[str, Any] = {"image-format": fmt}
+    disk = read_layout(raw, name=path)
+    report.update(disk.report())
+    boot = {**bootloader.bios(raw, disk), **bootloader.esp(raw, disk)}
+    report["bootloader"] = bootloader.bootloader_name(disk, boot)
+    report.update(boot)
+    if has_mountable(disk):
+        view = mount_os(open_backend(backend, raw, stack), disk)
+        if view is not None:
+            report.update(tree_report(view))
+    return report
+
+
+def inspect(target: Path, backend: str) -> dict[str, Any]:
+    """The report of `target`, whatever it is; all scratch space is gone on return."""
+    stack = contextlib.ExitStack()
+    try:
+        return _inspect(target, backend, stack)
+    finally:
+        # An interrupt in the middle of an unmount or of removing the scratch
+        # directory would leave half of it behind: it waits until cleanup is done.
+        with source.signals_deferred():
+            stack.close()
+
+
+def _inspect(target: Path, backend: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+    kind, command = source.classify(target)
+    if kind == "directory":
+        return tree_report(Tree(target))
+    if kind == "tarball":
+        dest = source.scratch_dir(stack)
+        labels = source.extract_tarball(target, command, dest, (*tree.PATHS, *bootloader.PATHS))
+        return tree_report(Tree(dest, labels=labels.get if labels else None))
+    return image_report(target, command if kind == "compressed-image" else None, backend, stack)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the ExitStack releases mounts and loop devices.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        report = inspect(args.target, args.backend)
+    except OsbuildError as exc:
+        print(f"image-info: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("image-info: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # an internal bug: one line unless --debug
+        if args.debug:
+            raise
+        print(f"image-info: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for a traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    try:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader is gone (`| head`): not worth a traceback at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0

@@ -1,0 +1,181 @@
+"""Image format, partition table, partitions and the file systems on them.
+
+Everything here reads a raw image file with userspace tools (qemu-img, sfdisk,
+blkid -p), so it needs neither root nor loop devices nor mounts.
+"""
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from osbuild.image_info import ImageInfoError
+
+SECTOR = 512
+# What `image-info` can read through qemu-img; anything else is not a disk image.
+IMAGE_FORMATS = ("raw", "qcow2", "qcow", "vmdk", "vpc", "vdi", "vhdx")
+
+
+def run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a tool; a failure (with `check`) becomes one line naming `what`."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ImageInfoError(f"{what}: {cmd[0]} is not installed") from None
+    if check and proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        raise ImageInfoError(f"{what}: {lines[-1] if lines else f'{cmd[0]} failed'}")
+    return proc
+
+
+def image_format(path: Path) -> dict[str, Any]:
+    """{type, compat} as qemu-img sees the file (compat only where the format has one)."""
+    proc = run(["qemu-img", "info", "--output=json", "-U", str(path)], f"{path}")
+    info = json.loads(proc.stdout)
+    fmt: dict[str, Any] = {"type": info.get("format")}
+    data = info.get("format-specific", {}).get("data", {})
+    if "compat" in data:
+        fmt["compat"] = data["compat"]
+    if "create-type" in data:  # vmdk: monolithicSparse, streamOptimized, ...
+        fmt["subformat"] = data["create-type"]
+    fmt["virtual-size"] = info.get("virtual-size")
+    return fmt
+
+
+@dataclass
+class Filesystem:
+    """What blkid finds at one place of the image."""
+
+    fstype: str | None
+    uuid: str | None
+    label: str | None
+
+    def report(self) -> dict[str, Any]:
+        return {"fstype": self.fstype, "uuid": self.uuid, "label": self.label}
+
+
+@dataclass
+class Partition:
+    number: int
+    start: int  # bytes
+    size: int  # bytes
+    type: str
+    partuuid: str | None
+    bootable: bool
+    name: str | None
+    fs: Filesystem
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "start": self.start,
+            "size": self.size,
+            "type": self.type,
+            "partuuid": self.partuuid,
+            "bootable": self.bootable,
+            "name": self.name,
+            **self.fs.report(),
+        }
+
+
+@dataclass
+class Layout:
+    """A partitioned disk (`pttype` set) or a bare file system (`filesystem` set)."""
+
+    size: int
+    pttype: str | None = None
+    ptid: str | None = None
+    partitions: list[Partition] | None = None
+    filesystem: Filesystem | None = None
+
+    def report(self) -> dict[str, Any]:
+        if self.pttype is None:
+            return {"filesystem": self.filesystem.report() if self.filesystem else None}
+        return {
+            "partition-table": self.pttype,
+            "partition-table-id": self.ptid,
+            "partitions": [p.report() for p in self.partitions or []],
+        }
+
+
+def _unescape_export(value: str) -> str:
+    # `blkid -o export` escapes shell-special characters with a backslash.
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def probe(image: Path, offset: int = 0, size: int | None = None) -> Filesystem:
+    """The file system at `offset` (for `size` bytes) of `image`, by its superblock."""
+    cmd = ["blkid", "-p", "-o", "export", "-O", str(offset)]
+    if size is not None:
+        cmd += ["-S", str(size)]
+    proc = run([*cmd, str(image)], f"{image}", check=False)
+    values: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = _unescape_export(value)
+    # blkid says USAGE=filesystem for file systems, other (swap), raid, crypto.
+    fstype = values.get("TYPE")
+    return Filesystem(fstype, values.get("UUID"), values.get("LABEL"))
+
+
+def _number(node: str, device: str) -> int:
+    # sfdisk names partitions <device>N, or <device>pN when the name ends in a digit.
+    tail = node[len(device):] if node.startswith(device) else node
+    match = re.search(r"(\d+)$", tail)
+    if not match:
+        raise ImageInfoError(f"cannot tell the number of partition {node}")
+    return int(match.group(1))
+
+
+def _dos_partuuid(ptid: str, number: int) -> str:
+    # What the kernel and blkid call PARTUUID on a dos label: <disk id>-<nn>.
+    return f"{int(ptid, 16):08x}-{number:02x}"
+
+
+def layout(image: Path, name: Path | None = None) -> Layout:
+    """The partition table of a raw image, or the file system it holds as a whole.
+
+    `name` is what errors call the image (the user's file, not a converted copy).
+    """
+    name = name or image
+    size = os.stat(image).st_size
+    proc = run(["sfdisk", "--json", str(image)], f"{name}", check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        fs = probe(image)
+        if fs.fstype is None:
+            raise ImageInfoError(
+                f"{name}: no partition table and no file system found (unknown format)"
+            )
+        return Layout(size=size, filesystem=fs)
+    table = json.loads(proc.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", SECTOR))
+    label, ptid = table["label"], table.get("id")
+    parts = []
+    for entry in table.get("partitions", []):
+        number = _number(entry["node"], table.get("device", str(image)))
+        start, length = entry["start"] * sector, entry["size"] * sector
+        if label == "dos":
+            partuuid = _dos_partuuid(ptid, number) if ptid else None
+        else:
+            partuuid = entry.get("uuid", "").lower() or None
+        # An extended partition is a container, not a file system.
+        extended = label == "dos" and entry["type"] in ("5", "f", "85")
+        fs = Filesystem(None, None, None) if extended else probe(image, start, length)
+        parts.append(
+            Partition(
+                number=number,
+                start=start,
+                size=length,
+                type=entry["type"],
+                partuuid=partuuid,
+                bootable=bool(entry.get("bootable", False))
+                or "LegacyBIOSBootable" in entry.get("attrs", ""),
+                name=entry.get("name"),
+                fs=fs,
+            )
+        )
+    return Layout(size=size, pttype=label, ptid=ptid, partitions=parts)
