@@ -36,6 +36,24 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)
 
+# Golden cases (test/cases, one per stage and assembler): build a and b of each,
+# compare the tree diff with the golden. STAGES="org.osbuild.hostname ..." picks
+# cases, OFFLINE=1 skips those that need the Debian archive, JOBS=1 runs serially,
+# CASES_STORE=DIR keeps a store across runs (keyed by the code's fingerprint).
+STAGES ?=
+OFFLINE ?=
+JOBS ?= auto
+.PHONY: check-images golden
+
+check-images: setup
+	CASES="$(STAGES)" CASES_OFFLINE="$(OFFLINE)" \
+		$(PY) -m pytest -n $(JOBS) -q test/cases/test_cases.py $(PYTEST_ARGS)
+
+# Refresh manifests (from test/cases/casedefs.py) and goldens, deliberately; review
+# `git diff test/cases` before committing.
+golden: setup
+	$(PY) tools/gen-golden --manifests $(if $(OFFLINE),--offline) $(STAGES)
+
 # Stages, sources, assemblers and runners are extensionless Python: name them.
 EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/*))
 

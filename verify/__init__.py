@@ -1,1 +1,4 @@
 """Verification tools: boot images and check them from the inside."""
+
+# treediff: two trees as upstream's diff.json; compare: a document against a
+# golden in which null means "don't care" (both used by test/cases).

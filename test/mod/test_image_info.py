@@ -222,7 +222,7 @@ def test_bios_tree(bios_report: dict) -> None:
     assert r["apt-sources"] == {
         "/etc/apt/sources.list": [],
         "/etc/apt/sources.list.d/debian.sources": [{
-            "Types": "deb", "URIs": "http://deb.debian.org/debian", "Suites": "trixie",
+            "Types": "deb", "URIs": "http://mirror.example/debian", "Suites": "trixie",
             "Components": "main",
             "Signed-By": "/usr/share/keyrings/debian-archive-keyring.gpg"}],
     }

@@ -280,7 +280,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 CHECKSUM = "sha256:" + "ab" * 32
 
 ACCEPTED = [
-    ("org.osbuild.curl", {"items": {CHECKSUM: "https://deb.debian.org/x.deb"}}),
+    ("org.osbuild.curl", {"items": {CHECKSUM: "https://mirror.example/x.deb"}}),
     ("org.osbuild.curl", {"items": {CHECKSUM: {"url": "https://x/", "insecure": True}}}),
     ("org.osbuild.curl", {"items": {CHECKSUM: {"url": "https://x/",
                                                "secrets": {"name": "org.osbuild.mtls"}}}}),

@@ -146,7 +146,7 @@ Conffiles:
     write(root, "etc/chrony/sources.d/local.sources", "server 10.0.0.1 iburst\n")
     write(root, "etc/apt/sources.list", "# none\n")
     write(root, "etc/apt/sources.list.d/debian.sources",
-          "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\n"
+          "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\n"
           "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
     write(root, "etc/firewalld/firewalld.conf", "DefaultZone=work\n")
     write(root, "usr/lib/firewalld/zones/work.xml", '<?xml version="1.0" encoding="utf-8"?>\n'

@@ -1,0 +1,79 @@
+"""ci/stage-gate picks the right cases for a git range, and refuses a stage without a case.
+
+Runs the gate (--dry-run: nothing is built) in a throwaway clone whose
+history gets commits made here, so the real repository is never touched.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+COPIED = ("ci", "stages", "assemblers", "osbuild", "test/cases", "verify")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=gate", "-c",
+                           "user.email=gate@example.invalid", *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding the current files (committed or not) as its one commit."""
+    repo = tmp_path_factory.mktemp("gate") / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for part in COPIED:
+        shutil.copytree(ROOT / part, repo / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+def gate(repo: Path, commit_range: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(repo / "ci/stage-gate"), "--dry-run", commit_range],
+                          capture_output=True, text=True, cwd=repo)
+
+
+def change(repo: Path, message: str, edits: dict[str, str]) -> None:
+    for path, text in edits.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def selected(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    line = [x for x in proc.stdout.splitlines() if "running" in x][-1]
+    return line.split(": ", 2)[2].split()
+
+
+def test_changed_stage_runs_its_case_and_the_smoke_set(clone: Path) -> None:
+    stage = clone / "stages/org.osbuild.modprobe"
+    change(clone, "modprobe", {"stages/org.osbuild.modprobe": stage.read_text() + "\n"})
+    proc = gate(clone, "HEAD~1..HEAD")
+    assert proc.returncode == 0, proc.stderr
+    cases = selected(proc)
+    assert "org.osbuild.modprobe" in cases and "org.osbuild.hostname" in cases
+    assert "org.osbuild.locale" not in cases
+
+
+def test_stage_library_change_runs_its_importers(clone: Path) -> None:
+    lib = clone / "osbuild/tarlib.py"
+    change(clone, "tarlib", {"osbuild/tarlib.py": lib.read_text() + "\n"})
+    cases = selected(gate(clone, "HEAD~1..HEAD"))
+    assert {"org.osbuild.tar", "assemblers/org.osbuild.tar"} <= set(cases)
+    assert "org.osbuild.locale" not in cases
+
+
+def test_new_stage_without_a_case_fails(clone: Path) -> None:
+    change(clone, "new stage", {
+        "stages/org.osbuild.newthing": "#!/usr/bin/python3\n",
+        "stages/org.osbuild.newthing.meta.json": '{"summary": "x"}\n'})
+    proc = gate(clone, "HEAD~1..HEAD")
+    assert proc.returncode == 1
+    assert "org.osbuild.newthing has no golden case" in proc.stderr
