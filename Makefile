@@ -29,6 +29,7 @@ samples: setup
 
 bench: setup $(SAMPLE)
 	$(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT)
+	$(PY) bench/check-images-parallel
 
 test: setup
 	$(PY) -m pytest -n auto -q $(PYTEST_ARGS)
