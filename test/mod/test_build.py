@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Osbuild
+from harness import Osbuild
 
 
 def stage(name: str, **options: object) -> dict:

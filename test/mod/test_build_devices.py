@@ -4,7 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Osbuild
+from harness import Osbuild
 
 MiB = 1024 * 1024
 SECTOR = 512

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from conftest import Osbuild
 from fileserver import FileServer, sha256
+from harness import Osbuild
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import Osbuild
+from harness import Osbuild
 from stagetest import load_meta, run_stage
 
 from osbuild.buildroot import StageRun

@@ -23,7 +23,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import Osbuild
+from harness import Osbuild
 from stagetest import LIBDIR, load_meta, run_stage
 
 from osbuild.disklib import partition_uuid

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import Osbuild
+from harness import Osbuild
 from stagetest import load_meta
 
 EPOCH = 1_700_000_000
