@@ -1,0 +1,149 @@
+"""osbuild-boot-test: boot a disk image under qemu and say whether it came up.
+
+    osbuild-boot-test IMAGE [--timeout S] [--expect-hostname H] [--ssh-key K] [--uefi]
+                            [--login USER:PASSWORD] [--run CMD]... [--http PORT[/PATH]]
+
+Exit 0 when the image boots to the org.osbuild.test marker or a login prompt
+(and passes the checks asked for), 1 with the reason, where the artifacts are
+and the serial console's tail otherwise, 2 on bad usage. The image is never
+changed (qemu -snapshot) and qemu is always stopped, also on Ctrl-C.
+"""
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from .accel import probe
+from .console import ConsoleError
+from .qemu import ARCHES, VM, VMError, console_tail, default_artifacts
+from .ssh import SSHError
+
+PROG = "osbuild-boot-test"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Boot a disk image and check it is up.")
+    p.add_argument("image", type=Path, help="the disk image (qcow2, raw, vmdk, ...)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="seconds to wait for the boot (default: 300 under TCG, less under KVM)")
+    p.add_argument("--expect-hostname", metavar="H",
+                   help="fail unless the guest's hostname is H (login prompt, or SSH)")
+    p.add_argument("--ssh-key", type=Path, metavar="K",
+                   help="private key for root over SSH: wait for sshd and check the login")
+    p.add_argument("--login", metavar="USER:PASSWORD",
+                   help="log in on the serial console (for --run without an SSH key)")
+    p.add_argument("--run", action="append", default=[], metavar="CMD",
+                   help="run CMD in the guest (SSH, else the console) and print its output")
+    p.add_argument("--http", action="append", default=[], metavar="PORT[/PATH]",
+                   help="GET http://guest:PORT/PATH through a host forward; fail unless 200")
+    p.add_argument("--uefi", action="store_true", help="boot with UEFI firmware (OVMF)")
+    p.add_argument("--arch", choices=sorted(ARCHES), default="x86_64")
+    p.add_argument("--memory", type=int, default=1024, metavar="MIB")
+    p.add_argument("--artifacts", type=Path, metavar="DIR",
+                   help="where failed boots leave logs and a screendump "
+                        "(default: $OSBUILD_BOOT_ARTIFACTS, else $TMPDIR/osbuild-boot-artifacts)")
+    args = p.parse_args(argv)
+    if args.run and not (args.ssh_key or args.login):
+        p.error("--run needs --ssh-key or --login")
+    if args.login and ":" not in args.login:
+        p.error("--login takes USER:PASSWORD")
+    for http in args.http:
+        if not http.split("/", 1)[0].isdigit():
+            p.error(f"--http {http}: expected PORT or PORT/PATH")
+    return args
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check(vm: VM, args: argparse.Namespace, hostname: str | None) -> str | None:
+    """The checks asked for on the command line; the first failure, or None."""
+    runner: Callable[[str], str] | None = None
+    if args.ssh_key:
+        ssh = vm.ssh(args.ssh_key)
+        ssh.wait()
+        hostname = ssh.output("hostname")
+        print(f"{PROG}: ssh: logged in as root", file=sys.stderr)
+
+        def via_ssh(cmd: str) -> str:
+            return ssh.output(cmd)
+        runner = via_ssh
+    elif args.login:
+        user, password = args.login.split(":", 1)
+        console = vm.console()
+        console.login(user, password, timeout=vm.accel.seconds(120))
+        print(f"{PROG}: console: logged in as {user}", file=sys.stderr)
+
+        def via_console(cmd: str) -> str:
+            res = console.run(cmd, timeout=vm.accel.seconds(120))
+            if res.returncode != 0:
+                raise ConsoleError(f"{cmd!r} exited with {res.returncode}: {res.output[-300:]}")
+            return res.output.strip()
+        runner = via_console
+        if hostname is None:
+            hostname = runner("hostname")
+    if args.expect_hostname and hostname != args.expect_hostname:
+        return f"hostname is {hostname!r}, expected {args.expect_hostname!r}"
+    for cmd in args.run:
+        assert runner is not None  # parse_args made sure
+        print(f"$ {cmd}\n{runner(cmd)}")
+    for http in args.http:
+        port, _, path = http.partition("/")
+        status, body = vm.http_get(int(port), "/" + path)
+        print(f"{PROG}: http {port}/{path}: {status}, {len(body)} bytes", file=sys.stderr)
+        if status != 200:
+            return f"http port {port}/{path} answered {status}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    forwards = sorted({22} | {int(h.split("/", 1)[0]) for h in args.http})
+    start = time.monotonic()
+    try:
+        accel = probe() if args.arch == "x86_64" else None
+        if accel:
+            print(f"{PROG}: accelerator {accel.name} ({accel.reason})", file=sys.stderr)
+        with VM(args.image, uefi=args.uefi, arch=args.arch, memory=args.memory, accel=accel,
+                forwards=forwards, artifacts=args.artifacts or default_artifacts()) as vm:
+            result = vm.wait_boot(args.timeout)
+            if result.success and args.expect_hostname and result.hostname is None \
+                    and not (args.ssh_key or args.login):
+                # Booted to the marker: the hostname comes with the login prompt (the
+                # timeout counts from qemu's start, so the same one still holds).
+                result = vm.wait_boot(args.timeout, until="login")
+            if not result.success:
+                print(f"{PROG}: FAILED after {result.seconds:.0f}s: {result.report()}",
+                      file=sys.stderr)
+                return 1
+            print(f"{PROG}: booted in {result.seconds:.0f}s: {result.reason}"
+                  + (f" (hostname {result.hostname})" if result.hostname else ""),
+                  file=sys.stderr)
+            try:
+                failed = check(vm, args, result.hostname)
+            except (SSHError, ConsoleError, VMError) as e:
+                failed = str(e)
+            if failed:
+                where = vm.save_artifacts(failed)
+                print(f"{PROG}: FAILED: {failed}\nartifacts: {where}\n"
+                      f"--- serial console, last 30 lines ---\n"
+                      f"{console_tail(vm.serial_log())}", file=sys.stderr)
+                return 1
+    except VMError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; qemu stopped", file=sys.stderr)
+        return 130
+    print(f"{PROG}: OK in {time.monotonic() - start:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

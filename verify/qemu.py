@@ -1,0 +1,590 @@
+"""One qemu virtual machine for a boot test, as a context manager.
+
+    with VM(image, forwards=[22, 80]) as vm:
+        result = vm.wait_boot()
+        vm.ssh(key).run("hostname")
+
+qemu runs with -snapshot (the image is never written), a virtio disk, user
+networking with host port forwards on free local ports, the serial console in a
+unix socket that qemu also copies to serial.log, the org.osbuild.test
+virtio-serial port in marker.log, the BIOS debug port in firmware.log, and a
+QMP socket driven with qemu.qmp. Everything lives in one temp dir that is
+removed on the way out, after qemu is stopped (QMP quit, then SIGKILL); qemu
+also dies with the Python process that started it. When the block fails, or a
+boot does, the logs and a QMP screendump are kept in an artifacts directory.
+"""
+
+import asyncio
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+
+from .accel import Accel, probe
+from .console import SerialConsole
+from .ssh import SSH
+
+MARKER_PORT = "org.osbuild.test"
+LOGIN = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*) login: ", re.MULTILINE)
+# TCG seconds (scaled down for KVM): a UEFI boot under TCG takes about 70 s.
+BOOT_SECONDS = 300.0
+SILENCE_SECONDS = 30.0
+ARTIFACTS_ENV = "OSBUILD_BOOT_ARTIFACTS"
+WORKDIR_PREFIX = "osbuild-vm-"  # then the owner's pid: stale ones can be found
+# `systemctl is-system-running` states of a system that came up (degraded: some unit failed).
+UP_STATES = ("running", "degraded")
+HANDOFF = "Booting from 0000:7c00"  # SeaBIOS jumps to the MBR's boot code
+
+# Signs on the consoles that a boot has failed for good: waiting on is pointless.
+FAILURES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"No bootable device"), "the firmware found nothing to boot"),
+    (re.compile(r"Boot failed: not a bootable disk"), "the firmware found no boot code"),
+    (re.compile(r"No bootable option or device was found"), "the firmware found nothing to boot"),
+    (re.compile(r"^Shell> ", re.MULTILINE), "UEFI fell back to its shell"),
+    (re.compile(r"grub rescue> "), "GRUB could not find its modules or config"),
+    (re.compile(r"error: you need to load the kernel first"), "GRUB could not load the kernel"),
+    (re.compile(r"ALERT! .*"), "the initramfs did not find the root file system"),
+    (re.compile(r"Gave up waiting for (root|suspend/resume) .*"),
+     "the initramfs did not find the root file system"),
+    (re.compile(r"^\(initramfs\) ", re.MULTILINE), "the initramfs dropped to a shell"),
+    (re.compile(r"Kernel panic - not syncing.*"), "the kernel panicked"),
+    (re.compile(r"You are in emergency mode.*"), "systemd went into emergency mode"),
+    (re.compile(r"Give root password for maintenance.*"), "systemd went into emergency mode"),
+]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How to run guests of one architecture."""
+
+    binary: str
+    machine: tuple[str, ...]
+    uefi_code: Path | None
+    uefi_vars: Path | None
+    bios: bool  # can boot with legacy BIOS (and has the debug port)
+
+
+ARCHES = {
+    "x86_64": Arch("qemu-system-x86_64", (), Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+                   Path("/usr/share/OVMF/OVMF_VARS_4M.fd"), True),
+    "aarch64": Arch("qemu-system-aarch64", ("-machine", "virt"),
+                    Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+                    False),
+}
+
+
+# What this process started and has not cleaned up yet: for leak checks after a suite.
+_LIVE_PIDS: set[int] = set()
+_LIVE_DIRS: set[Path] = set()
+
+
+def leftovers() -> list[str]:
+    """qemu processes and temp dirs of this process's VMs that are still there."""
+    found = []
+    for pid in sorted(_LIVE_PIDS):
+        if Path(f"/proc/{pid}").exists():
+            found.append(f"qemu pid {pid} still running")
+    found += [f"temp dir {d} still there" for d in sorted(_LIVE_DIRS) if d.exists()]
+    return found
+
+
+def _reap_stale() -> None:
+    """Remove VM temp dirs of processes that are gone (killed before they could clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if not path.exists():
+        _LIVE_DIRS.discard(path)
+
+
+class VMError(Exception):
+    """qemu could not be started or driven."""
+
+
+@dataclass
+class BootResult:
+    """How a boot ended; `reason` says why in one line."""
+
+    success: bool
+    reason: str
+    hostname: str | None = None
+    seconds: float = 0.0
+    log: str = ""
+    state: str | None = None  # the org.osbuild.test marker: `systemctl is-system-running`
+    marker: list[str] = field(default_factory=list)
+    accel: str = ""
+    artifacts: Path | None = None
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the serial console."""
+        return console_tail(self.log, lines)
+
+    def report(self, lines: int = 30) -> str:
+        """The reason, where the artifacts are, and the console tail: a failure message."""
+        where = f"\nartifacts: {self.artifacts}" if self.artifacts else ""
+        return (f"{self.reason}{where}\n--- serial console, last {lines} lines ---\n"
+                f"{self.tail(lines)}")
+
+
+def console_tail(log: str, lines: int = 30) -> str:
+    """The last lines of a console log, without terminal escapes (GRUB's menu is full of them)."""
+    text = re.sub(r"\x1b\[[0-9;?!]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][A-Z0-9]",
+                  "", log)
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)  # \r and the rest, not \n or \t
+    text = re.sub(r"\n{2,}", "\n", text)  # blank lines waste a short tail
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def image_format(image: Path) -> str:
+    """qcow2, raw, vmdk, ...: qemu must be told, it refuses to guess raw with -snapshot."""
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(image)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise VMError(f"{image}: not a disk image: {out.stderr.strip()}")
+    return str(json.loads(out.stdout)["format"])
+
+
+def free_port() -> int:
+    """A local TCP port free right now (qemu may still lose a race for it: start retries)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL qemu when the Python process that started it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def default_artifacts() -> Path:
+    """$OSBUILD_BOOT_ARTIFACTS, else osbuild-boot-artifacts in the temp dir (never the cwd,
+    which is often a source tree)."""
+    env = os.environ.get(ARTIFACTS_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / "osbuild-boot-artifacts"
+
+
+class Monitor:
+    """A synchronous QMP connection: qemu.qmp's client on a private event loop."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.loop = asyncio.new_event_loop()
+        self.client = QMPClient("osbuild-boot-test")
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def connect(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise VMError(f"qemu exited with {proc.returncode} before QMP was up")
+            if self.path.exists():
+                try:
+                    self._run(self.client.connect(str(self.path)), 5)
+                    return
+                except (TimeoutError, QMPError, OSError):
+                    pass
+            if time.monotonic() > deadline:
+                raise VMError(f"no QMP connection after {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None,
+                timeout: float = 10) -> Any:
+        try:
+            return self._run(self.client.execute(command, arguments), timeout)
+        except (TimeoutError, QMPError, OSError) as e:
+            raise VMError(f"QMP {command}: {type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        try:
+            self._run(self.client.disconnect(), 5)
+        except Exception:  # qemu.qmp re-raises whatever ended the session, EOF included
+            pass
+        finally:
+            self.loop.close()
+
+
+class VM:
+    """A running qemu; see the module docstring."""
+
+    def __init__(self, image: Path | str, *, uefi: bool = False, arch: str = "x86_64",
+                 memory: int = 1024, cpus: int = 2, accel: Accel | None = None,
+                 forwards: list[int] | tuple[int, ...] = (22,), name: str | None = None,
+                 artifacts: Path | None = None):
+        self.image = Path(image).resolve()
+        if not self.image.is_file():
+            raise VMError(f"{image}: no such image")
+        if arch not in ARCHES:
+            raise VMError(f"unsupported architecture {arch!r} (known: {', '.join(ARCHES)})")
+        self.arch = ARCHES[arch]
+        self.uefi = uefi or not self.arch.bios
+        self.memory = memory
+        self.cpus = cpus
+        self.accel = accel or (probe() if arch == "x86_64" else
+                               Accel("tcg", ("-accel", "tcg", "-cpu", "max"), 2.0,
+                                     "foreign architecture"))
+        self.forwards = dict.fromkeys(forwards, 0)  # guest port -> host port
+        self.name = name or self.image.stem
+        self.artifacts_root = artifacts or default_artifacts()
+        self.artifacts: Path | None = None
+        self.workdir = Path()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.monitor: Monitor | None = None
+        self._console: SerialConsole | None = None
+        self._stack = ExitStack()
+        self.started = 0.0
+
+    # -- life cycle -------------------------------------------------------------------
+    def __enter__(self) -> "VM":
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is not None and self.artifacts is None:
+                self.save_artifacts(f"{exc_type.__name__}: {exc}")
+        finally:
+            self._stack.close()
+
+    def _start(self) -> None:
+        _reap_stale()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+        _LIVE_DIRS.add(self.workdir)
+        self._stack.callback(_remove_dir, self.workdir)
+        for attempt in range(3):
+            for guest in self.forwards:
+                self.forwards[guest] = free_port()
+            self._launch()
+            assert self.proc is not None
+            self.monitor = Monitor(self.workdir / "qmp.sock")
+            try:
+                self.monitor.connect(self.proc)
+            except VMError as e:
+                self.monitor.close()
+                self.monitor = None
+                if self.proc.returncode == 0:
+                    # Started fine, and the guest already reset or powered off
+                    # (-no-reboot): wait_boot() tells why, there is nothing to drive.
+                    self._stack.callback(self._stop)
+                    return
+                self._stop()
+                err = self.stderr()
+                if "host forwarding" in err and attempt < 2:
+                    continue  # another process took a port between free_port() and qemu
+                raise VMError(f"qemu did not start: {err.strip()[-500:] or e}") from e
+            self._stack.callback(self._stop)
+            return
+
+    def _launch(self) -> None:
+        for log in ("serial.log", "firmware.log", "marker.log", "qemu.stderr"):
+            (self.workdir / log).write_bytes(b"")
+        stderr = open(self.workdir / "qemu.stderr", "wb")
+        with stderr:
+            # TMPDIR: -snapshot's overlay goes into the temp dir, never elsewhere.
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                cwd=self.workdir, env={**os.environ, "TMPDIR": str(self.workdir)},
+                preexec_fn=_die_with_parent)
+        _LIVE_PIDS.add(self.proc.pid)
+        self.started = time.monotonic()
+
+    def command(self) -> list[str]:
+        """The qemu command line (see the module docstring for what each part is for)."""
+        w = self.workdir
+        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                      for guest, host in self.forwards.items())
+        cmd = [self.arch.binary, *self.arch.machine, *self.accel.args,
+               "-m", str(self.memory), "-smp", str(self.cpus),
+               "-nodefaults", "-no-reboot", "-display", "none", "-snapshot",
+               "-name", f"osbuild-boot-test:{self.name}",
+               "-drive", f"file={self.image},format={image_format(self.image)},if=virtio",
+               "-device", "virtio-rng-pci",
+               # No network boot ROM: a disk that does not boot must fail now, not after PXE.
+               "-netdev", f"user,id=net0{fwd}", "-device", "virtio-net-pci,netdev=net0,romfile=",
+               "-chardev", f"socket,id=serial0,path={w}/serial.sock,server=on,wait=off,"
+                           f"logfile={w}/serial.log",
+               "-serial", "chardev:serial0",
+               "-device", "virtio-serial-pci",
+               "-chardev", f"file,id=marker,path={w}/marker.log",
+               "-device", f"virtserialport,chardev=marker,name={MARKER_PORT}",
+               "-qmp", f"unix:{w}/qmp.sock,server=on,wait=off",
+               # A panic keeps the guest paused for the screendump instead of quitting.
+               "-action", "panic=pause",
+               "-boot", "strict=on"]
+        if self.arch.bios:
+            cmd += ["-device", "VGA",  # something for the screendump to show
+                    "-device", "pvpanic",
+                    "-chardev", f"file,id=firmware,path={w}/firmware.log",
+                    "-device", "isa-debugcon,iobase=0x402,chardev=firmware"]
+        else:
+            cmd += ["-device", "ramfb"]
+        if self.uefi:
+            if not (self.arch.uefi_code and self.arch.uefi_code.exists()
+                    and self.arch.uefi_vars and self.arch.uefi_vars.exists()):
+                raise VMError(f"no UEFI firmware at {self.arch.uefi_code}")
+            vars_copy = w / "efivars.fd"
+            if not vars_copy.exists():
+                shutil.copy(self.arch.uefi_vars, vars_copy)
+            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.arch.uefi_code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        return cmd
+
+    def _stop(self) -> None:
+        """Stop qemu: QMP quit, then SIGKILL; always reaped, also when interrupted."""
+        try:
+            if self._console:
+                self._console.close()
+                self._console = None
+            if self.monitor:
+                if self.running():
+                    try:
+                        self.monitor.execute("quit", timeout=5)
+                    except VMError:
+                        pass
+                self.monitor.close()
+                self.monitor = None
+            if self.proc:
+                self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if self.proc:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                self.proc.wait()
+                _LIVE_PIDS.discard(self.proc.pid)
+
+    # -- state ------------------------------------------------------------------------
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def read(self, log: str) -> str:
+        path = self.workdir / log
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def serial_log(self) -> str:
+        return self.read("serial.log")
+
+    def stderr(self) -> str:
+        return self.read("qemu.stderr")
+
+    def status(self) -> str:
+        """QMP query-status: running, paused, guest-panicked, shutdown, ..."""
+        if not self.monitor:
+            raise VMError("qemu is not running")
+        return str(self.monitor.execute("query-status")["status"])
+
+    def powerdown(self, timeout: float | None = None) -> bool:
+        """ACPI power button, then wait for qemu to exit; forced quit after `timeout`.
+
+        True when the guest shut itself down in time.
+        """
+        timeout = timeout if timeout is not None else self.accel.seconds(120)
+        if not self.running() or not self.monitor:
+            return True
+        self.monitor.execute("system_powerdown")
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            self._stop()
+            return False
+
+    def screendump(self, path: Path) -> Path | None:
+        """The screen as PNG (PPM on a qemu without PNG support); None when impossible."""
+        if not self.running() or not self.monitor:
+            return None
+        for fmt in ("png", "ppm"):
+            target = path.with_suffix(f".{fmt}")
+            args: dict[str, Any] = {"filename": str(target)}
+            if fmt == "png":
+                args["format"] = "png"
+            try:
+                self.monitor.execute("screendump", args, timeout=20)
+                return target
+            except VMError:
+                continue
+        return None
+
+    def save_artifacts(self, reason: str) -> Path:
+        """Keep the logs and a screendump of this VM for a post-mortem; returns the directory."""
+        if self.artifacts is not None:
+            return self.artifacts
+        self.artifacts_root.mkdir(parents=True, exist_ok=True)
+        self.artifacts = Path(tempfile.mkdtemp(
+            prefix=f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}-",
+            dir=self.artifacts_root))
+        self.screendump(self.artifacts / "screen")
+        for log in ("serial.log", "firmware.log", "marker.log", "qemu.stderr"):
+            if (self.workdir / log).exists():
+                shutil.copy(self.workdir / log, self.artifacts / log)
+        (self.artifacts / "reason.txt").write_text(
+            f"{reason}\naccelerator: {self.accel.name} ({self.accel.reason})\n"
+            f"command: {' '.join(self.command())}\n")
+        return self.artifacts
+
+    # -- waiting for the boot ---------------------------------------------------------
+    def marker(self) -> list[str]:
+        """Complete lines the guest wrote to the org.osbuild.test port."""
+        text = self.read("marker.log")
+        return [line.strip() for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+    def handoff(self) -> float | None:
+        """When the firmware started the boot loader (now, if it has), else None.
+
+        SeaBIOS says so on its debug port; UEFI firmware has no such line here, so
+        its handoff is taken to be one silence window after qemu's start (OVMF
+        itself needs seconds under TCG before it prints anything).
+        """
+        if self.uefi:
+            return self.started + self.accel.seconds(SILENCE_SECONDS)
+        return time.monotonic() if HANDOFF in self.read("firmware.log") else None
+
+    def failure(self, serial: str) -> str | None:
+        """Why the boot has failed for good, from the consoles; None while it may go on."""
+        firmware = self.read("firmware.log")
+        for pattern, what in FAILURES:
+            for text in (serial, firmware):
+                match = pattern.search(text)
+                if match:
+                    return f"{what}: {match.group(0).strip()[:200]}"
+        return None
+
+    def wait_boot(self, timeout: float | None = None, until: str = "any",
+                  login: re.Pattern[str] = LOGIN, silence: float | None = None) -> BootResult:
+        """Wait for the boot marker or a login prompt (`until`: any, marker or login).
+
+        `timeout` counts from qemu's start, so waiting again (say for the login prompt
+        after the marker) keeps the same deadline.
+
+        Fails early on a firmware, GRUB, kernel, initramfs or systemd failure on the
+        consoles, on qemu's exit, on a panicked guest, and when the serial console
+        stays empty for `silence` seconds after the firmware started the boot loader
+        (GRUB prints within a second, even under TCG: boot code that does not run
+        shows no error, only silence); on timeout otherwise. A failed boot's
+        artifacts are saved while qemu still runs.
+        """
+        timeout = timeout if timeout is not None else self.accel.seconds(BOOT_SECONDS)
+        silence = silence if silence is not None else self.accel.seconds(SILENCE_SECONDS)
+        last_status = 0.0
+        handoff: float | None = None
+        while True:
+            now = time.monotonic()
+            elapsed = now - self.started
+            serial = self.serial_log()
+            lines = self.marker()
+            prompt = login.search(serial)
+            result = BootResult(False, "", prompt.group("host") if prompt else None, elapsed,
+                                serial, lines[0] if lines else None, lines, self.accel.name)
+            if lines and until in ("any", "marker"):
+                failed = ", ".join(line.split()[1] for line in lines[1:]
+                                   if line.startswith("failed: ") and len(line.split()) > 1)
+                detail = f"{lines[0]}" + (f" (failed: {failed})" if failed else "")
+                if lines[0] in UP_STATES:
+                    result.success, result.reason = True, f"boot marker: {detail}"
+                    return result
+                result.reason = f"the boot marker says the system is {detail}"
+                result.artifacts = self.save_artifacts(result.reason)
+                return result
+            if prompt and until in ("any", "login"):
+                result.success, result.reason = True, "reached the login prompt"
+                return result
+            reason = self.failure(serial)
+            if handoff is None:
+                handoff = self.handoff()
+            if reason is None and handoff is not None and not serial.strip() \
+                    and now - handoff > silence:
+                reason = (f"nothing on the serial console {silence:.0f}s after the firmware "
+                          "started the boot loader: no boot loader ran, or it does not use "
+                          "the serial console")
+            if reason is None and not self.running():
+                assert self.proc is not None
+                err = self.stderr().strip().splitlines()[-1:]
+                reason = (f"qemu exited with {self.proc.returncode}: {err[0]}" if err else
+                          f"qemu exited with {self.proc.returncode}: the guest reset or "
+                          "powered off before it was up (qemu runs with -no-reboot)")
+            if reason is None and now - last_status > 3:
+                last_status = now
+                try:
+                    status = self.status()
+                except VMError:
+                    status = "running"  # qemu just went away: the next round says why
+                if status not in ("running", "prelaunch"):
+                    reason = f"the guest is {status}"
+            if reason is None and elapsed > timeout:
+                wanted = {"any": "boot marker or login prompt", "marker": "boot marker",
+                          "login": "login prompt"}[until]
+                reason = (f"no {wanted} after {timeout:.0f}s "
+                          f"({self.accel.name}: {self.accel.reason})")
+            if reason is not None:
+                result.reason = reason
+                result.artifacts = self.save_artifacts(reason)
+                return result
+            time.sleep(0.5)
+
+    # -- talking to the guest ---------------------------------------------------------
+    def host_port(self, guest_port: int) -> int:
+        if guest_port not in self.forwards:
+            raise VMError(f"guest port {guest_port} is not forwarded "
+                          f"(forwards: {sorted(self.forwards)})")
+        return self.forwards[guest_port]
+
+    def ssh(self, key: Path, user: str = "root") -> SSH:
+        """An SSH client for the guest's port 22 (forwarded), keyed with `key`."""
+        return SSH(self.host_port(22), key, user=user, workdir=self.workdir,
+                   scale=self.accel.scale)
+
+    def console(self) -> SerialConsole:
+        """The serial console, interactive (e.g. to log in with a password)."""
+        if self._console is None:
+            self._console = SerialConsole(self.workdir / "serial.sock")
+        return self._console
+
+    def http_get(self, guest_port: int = 80, path: str = "/",
+                 timeout: float | None = None) -> tuple[int, str]:
+        """GET a guest port through its host forward: (status, body); retried until it answers.
+
+        The forward accepts connections even when nothing listens in the guest yet,
+        so resets and empty answers are retried too.
+        """
+        timeout = timeout if timeout is not None else self.accel.seconds(60)
+        url = f"http://127.0.0.1:{self.host_port(guest_port)}{path}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as answer:
+                    return answer.status, answer.read().decode(errors="replace")
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode(errors="replace")
+            except (urllib.error.URLError, OSError) as e:
+                if time.monotonic() > deadline:
+                    raise VMError(f"{url}: no answer after {timeout:.0f}s: {e}") from e
+                time.sleep(1)
