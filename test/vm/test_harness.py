@@ -1,0 +1,268 @@
+"""The boot harness itself, on tiny disks that boot in a second: real qemu, no build.
+
+A 22-byte boot sector prints a message on the serial port and halts, so each
+outcome the harness must tell apart (a login prompt, a kernel panic, an
+initramfs shell, silence, nothing bootable, a timeout) is one disk away. None of
+them may leave a qemu process or a temp dir behind.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from verify import accel, qemu
+from verify.boot import boot
+from verify.console import ConsoleError
+from verify.qemu import VM, VMError
+
+# cli; xor ax,ax; mov ds,ax; mov si,0x7c16; mov dx,0x3f8
+# next: lodsb; test al,al; jz halt; out dx,al; jmp next
+# halt: hlt; jmp halt          ; the message follows at 0x7c16, NUL-terminated
+PRINT_AND_HALT = bytes.fromhex("fa31c08ed8be167cbaf803ac84c07403eeebf8f4ebfd")
+# The same, but instead of halting it echoes what comes in on the serial port:
+# echo: mov dx,0x3fd; in al,dx; test al,1; jz echo; mov dx,0x3f8; in al,dx; out dx,al; jmp echo
+PRINT_AND_ECHO = bytes.fromhex("fa31c08ed8be227cbaf803ac84c07403eeebf8"
+                               "bafd03eca80174f8baf803eceeebf1")
+
+
+# mov al,0xfe; out 0x64,al (the keyboard controller's reset line); then halt
+RESET = bytes.fromhex("b0fee664f4ebfd")
+
+
+def disk(path: Path, message: str | None, signature: bool = True, echo: bool = False) -> Path:
+    """A 1 MiB raw disk whose boot code prints `message` (None: no boot code at all)."""
+    sector = bytearray(512)
+    if message is not None:
+        code = (PRINT_AND_ECHO if echo else PRINT_AND_HALT) + message.encode() + b"\0"
+        assert len(code) <= 440
+        sector[:len(code)] = code
+    if signature:
+        sector[510:512] = b"\x55\xaa"
+    path.write_bytes(bytes(sector) + bytes(1024 * 1024 - 512))
+    return path
+
+
+def gone(pid: int, workdir: Path) -> None:
+    assert not Path(f"/proc/{pid}").exists(), f"qemu {pid} still runs"
+    assert not workdir.exists(), f"{workdir} still there"
+    assert qemu.leftovers() == []
+
+
+def test_login_prompt_is_a_boot(tmp_path: Path) -> None:
+    image = disk(tmp_path / "login.img", "\r\nDebian GNU/Linux 13 harness-test ttyS0\r\n\r\n"
+                                         "harness-test login: ")
+    with VM(image, forwards=(22,), artifacts=tmp_path / "artifacts") as vm:
+        result = vm.wait_boot(timeout=60)
+        assert result.success, result.report()
+        assert result.hostname == "harness-test"
+        assert result.reason == "reached the login prompt"
+        assert result.accel == vm.accel.name
+        assert vm.status() == "running"
+        assert "-snapshot" in vm.command()
+        assert f"hostfwd=tcp:127.0.0.1:{vm.host_port(22)}-:22" in " ".join(vm.command())
+        with pytest.raises(VMError, match="not forwarded"):
+            vm.host_port(80)
+        pid, workdir = vm.proc.pid, vm.workdir  # type: ignore[union-attr]
+    gone(pid, workdir)
+    assert not (tmp_path / "artifacts").exists(), "a good boot keeps no artifacts"
+    assert image.read_bytes()[:22] == PRINT_AND_HALT, "-snapshot: the image is never written"
+
+
+@pytest.mark.parametrize("message, reason", [
+    ("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+     "the kernel panicked: Kernel panic - not syncing: VFS: Unable to mount root fs"),
+    ("ALERT!  UUID=0bad does not exist.  Dropping to a shell!\r\n\r\n(initramfs) ",
+     "the initramfs did not find the root file system: ALERT!  UUID=0bad does not exist."),
+    ("\r\nYou are in emergency mode. After logging in, type",
+     "systemd went into emergency mode: You are in emergency mode."),
+    ("error: you need to load the kernel first.\r\n", "GRUB could not load the kernel"),
+])
+def test_failure_on_the_console_ends_the_boot_at_once(tmp_path: Path, message: str,
+                                                      reason: str) -> None:
+    image = disk(tmp_path / "broken.img", message)
+    result = boot(image, timeout=120, artifacts=tmp_path / "artifacts")
+    assert not result.success
+    assert result.reason.startswith(reason), result.reason
+    assert result.seconds < 60, "failed at once, not at the timeout"
+    assert result.artifacts and result.artifacts.parent == tmp_path / "artifacts"
+    saved = {p.name for p in result.artifacts.iterdir()}
+    assert {"serial.log", "firmware.log", "reason.txt", "screen.png"} <= saved
+    assert (result.artifacts / "screen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert message.split("\r")[0] in (result.artifacts / "serial.log").read_text()
+    assert result.reason in (result.artifacts / "reason.txt").read_text()
+    assert qemu.leftovers() == []
+
+
+@pytest.mark.parametrize("marker, success, reason", [
+    ("running\n", True, "boot marker: running"),
+    ("degraded\nfailed: a.service loaded failed failed A\nfailed: b.mount loaded failed\n",
+     True, "boot marker: degraded (failed: a.service, b.mount)"),
+    ("maintenance\n", False, "the boot marker says the system is maintenance"),
+])
+def test_boot_marker_decides(tmp_path: Path, marker: str, success: bool, reason: str) -> None:
+    # What the guest's org.osbuild.test service would write to its port, written
+    # into the file qemu keeps for the port; the halted guest cannot interfere.
+    with VM(disk(tmp_path / "marker.img", "GRUB\r\n"), forwards=(),
+            artifacts=tmp_path / "artifacts") as vm:
+        with open(vm.workdir / "marker.log", "a") as port:
+            port.write(marker + "not a line yet")
+        result = vm.wait_boot(timeout=60)
+    assert (result.success, result.reason) == (success, reason)
+    assert result.state == marker.split()[0]
+    assert "not a line yet" not in result.marker
+    assert (result.artifacts is None) == success
+
+
+def test_a_guest_that_resets_ends_the_boot(tmp_path: Path) -> None:
+    image = tmp_path / "reset.img"
+    disk(image, None)
+    with open(image, "r+b") as f:
+        f.write(RESET)
+    result = boot(image, timeout=120, artifacts=tmp_path / "artifacts")
+    assert not result.success
+    assert result.reason == ("qemu exited with 0: the guest reset or powered off before it "
+                             "was up (qemu runs with -no-reboot)"), result.reason
+    assert qemu.leftovers() == []
+
+
+def test_no_boot_code_is_reported_by_the_firmware(tmp_path: Path) -> None:
+    result = boot(disk(tmp_path / "blank.img", None, signature=False), timeout=120,
+                  artifacts=tmp_path / "artifacts")
+    assert not result.success
+    assert result.reason.startswith("the firmware found"), result.reason
+    assert "Boot failed" in (result.artifacts / "firmware.log").read_text()  # type: ignore
+
+
+def test_boot_code_that_prints_nothing_fails_on_silence(tmp_path: Path) -> None:
+    with VM(disk(tmp_path / "silent.img", ""), forwards=(),
+            artifacts=tmp_path / "artifacts") as vm:
+        result = vm.wait_boot(timeout=120, silence=3)
+    assert not result.success
+    assert result.reason.startswith("nothing on the serial console 3s after the firmware "
+                                    "started the boot loader"), result.reason
+    assert result.seconds < 60
+
+
+def test_timeout_names_what_was_awaited_and_the_accelerator(tmp_path: Path) -> None:
+    image = disk(tmp_path / "slow.img", "GNU GRUB  version 2.12\r\n")
+    with VM(image, forwards=(), artifacts=tmp_path / "artifacts") as vm:
+        result = vm.wait_boot(timeout=3, until="marker")
+    assert not result.success
+    assert result.reason.startswith(f"no boot marker after 3s ({vm.accel.name}: "), result.reason
+    assert "GNU GRUB" in result.tail()
+
+
+def test_an_error_in_the_block_stops_qemu_and_keeps_artifacts(tmp_path: Path) -> None:
+    image = disk(tmp_path / "login.img", "host login: ")
+    for error in (RuntimeError("check failed"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            with VM(image, forwards=(), artifacts=tmp_path / "artifacts") as vm:
+                assert vm.wait_boot(timeout=60).success
+                pid, workdir = vm.proc.pid, vm.workdir  # type: ignore[union-attr]
+                raise error
+        gone(pid, workdir)
+        assert vm.artifacts is not None
+        assert type(error).__name__ in (vm.artifacts / "reason.txt").read_text()
+
+
+def test_console_talks_to_the_guest(tmp_path: Path) -> None:
+    image = disk(tmp_path / "echo.img", "echo login: ", echo=True)
+    with VM(image, forwards=()) as vm:
+        assert vm.wait_boot(timeout=60).success
+        console = vm.console()
+        console.send("ping 42\n")
+        # The guest echoes byte by byte: wait for the whole line.
+        assert console.expect(r"ping (\d+)\n", timeout=30).group(1) == "42"
+        with pytest.raises(ConsoleError, match="no 'pong' on the console after 1s"):
+            console.expect("pong", timeout=1)
+        # qemu keeps copying the console to the log while the socket is in use.
+        time.sleep(1)
+        assert "echo login: ping 42" in vm.serial_log()
+
+
+def test_cli_reports_a_failed_boot_and_exits_1(tmp_path: Path) -> None:
+    image = disk(tmp_path / "cli-broken.img", "Kernel panic - not syncing: test\r\n")
+    proc = subprocess.run([sys.executable, "-m", "verify.cli", str(image), "--timeout", "60",
+                           "--artifacts", str(tmp_path / "artifacts")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "FAILED" in proc.stderr and "the kernel panicked" in proc.stderr
+    assert f"artifacts: {tmp_path / 'artifacts'}" in proc.stderr
+    assert "Kernel panic - not syncing: test" in proc.stderr.split("serial console")[-1]
+
+
+def test_cli_accepts_a_login_prompt_and_checks_the_hostname(tmp_path: Path) -> None:
+    image = disk(tmp_path / "cli-ok.img", "cli-host login: ")
+    cmd = [sys.executable, "-m", "verify.cli", str(image), "--timeout", "60",
+           "--artifacts", str(tmp_path / "artifacts")]
+    ok = subprocess.run([*cmd, "--expect-hostname", "cli-host"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "reached the login prompt (hostname cli-host)" in ok.stderr
+    wrong = subprocess.run([*cmd, "--expect-hostname", "other"], capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 1
+    assert "hostname is 'cli-host', expected 'other'" in wrong.stderr
+
+
+def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
+    for args in (["--login", "rootonly", "x.img"], ["--http", "eighty", "x.img"], [],
+                 ["--run", "true", "x.img"]):
+        proc = subprocess.run([sys.executable, "-m", "verify.cli", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, (args, proc.stderr)
+    missing = subprocess.run([sys.executable, "-m", "verify.cli", str(tmp_path / "nope.qcow2")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert "no such image" in missing.stderr
+
+
+def test_cli_ctrl_c_stops_qemu(tmp_path: Path) -> None:
+    image = disk(tmp_path / "ctrl-c-unique.img", "waiting forever\r\n")
+    proc = subprocess.Popen([sys.executable, "-m", "verify.cli", str(image), "--timeout", "300",
+                             "--artifacts", str(tmp_path / "artifacts")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", "osbuild-boot-test:ctrl-c-unique"],
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "qemu never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; qemu stopped" in err
+    assert subprocess.run(["pgrep", "-f", "osbuild-boot-test:ctrl-c-unique"],
+                          capture_output=True).returncode == 1, "qemu outlived the CLI"
+
+
+def test_accelerator_override_and_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    accel.probe.cache_clear()
+    try:
+        monkeypatch.setenv("OSBUILD_BOOT_ACCEL", "tcg")
+        chosen = accel.probe()
+        assert (chosen.name, chosen.scale, chosen.reason) == ("tcg", 1.0, "OSBUILD_BOOT_ACCEL=tcg")
+        assert chosen.seconds(300) == 300
+        accel.probe.cache_clear()
+        monkeypatch.setenv("OSBUILD_BOOT_ACCEL", "auto")
+        start = time.monotonic()
+        chosen = accel.probe()
+        # Whatever this host offers, the probe decides in seconds, never a boot timeout.
+        assert time.monotonic() - start < accel.PROBE_SECONDS + 5
+        assert chosen.name in ("kvm", "tcg") and chosen.reason
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            assert chosen.name == "tcg"
+    finally:
+        accel.probe.cache_clear()
+
+
+def test_console_tail_drops_terminal_noise() -> None:
+    log = ("\x1b[H\x1b[J\x1b[1;1HGNU GRUB  version 2.12\r\n\r\n\r\n"
+           "\x1b[!p\x1b]104\x07[  OK  ] Reached target\r\n\r\nhost login: ")
+    assert qemu.console_tail(log) == "GNU GRUB  version 2.12\n[  OK  ] Reached target\nhost login: "
+    assert qemu.console_tail("1\n2\n3\n", lines=2) == "2\n3"
