@@ -2,21 +2,26 @@
 
 The sandbox is not a security boundary; it keeps stages from touching the
 host by accident: the build root is read-only, /dev is private, /run and
-/tmp are fresh tmpfs, there is no network, and only the tree, the inputs,
+/tmp are fresh tmpfs, /proc/sys and /sys are read-only, there is no network,
+a few capabilities with host-wide effects are dropped, and only the tree, the inputs,
 the API directory and explicitly handed-in devices and mounts are visible.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import interrupts
 from .errors import BuildRootError, ToolMissing
 
 LIB = "/run/osbuild/lib"
@@ -41,6 +46,9 @@ DROPPED_CAPS = (
     "CAP_WAKE_ALARM",
     "CAP_BPF",
     "CAP_PERFMON",
+    # Global switches of the host kernel: process accounting, audit rules.
+    "CAP_SYS_PACCT",
+    "CAP_AUDIT_CONTROL",
 )
 
 TAIL_LINES = 20
@@ -62,6 +70,7 @@ class StageRun:
     returncode: int
     metadata: dict[str, Any] | None
     tail: list[str]
+    timed_out: bool = False
 
 
 def bwrap_path() -> str:
@@ -69,6 +78,54 @@ def bwrap_path() -> str:
     if not path:
         raise ToolMissing("bubblewrap (bwrap) is not installed", hint="apt-get install bubblewrap")
     return path
+
+
+# How long a killed sandbox may take to empty before bwrap itself is killed.
+SANDBOX_EXIT_SECONDS = 10.0
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (this kernel has no /proc/<pid>/task/<tid>/children)."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text() if name.isdigit() else ""
+        except OSError:  # exited meanwhile
+            continue
+        if stat and int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(name))
+    return found
+
+
+def kill_sandbox(proc: subprocess.Popen) -> None:
+    """Kill a sandbox with everything in it; return only once all of it is gone.
+
+    SIGKILL to bwrap alone leaves its pid namespace to die in its own time, and a
+    stage process still writing races the removal of the tree ("Directory not
+    empty"). So the namespace's init, bwrap's child, is killed instead: the kernel
+    lets it exit only when every other process of the namespace is gone, and bwrap
+    exits right after it. A Ctrl-C meanwhile is held back until then.
+    """
+    held: list[BaseException] = []
+    inits = _children(proc.pid)
+    for pid in inits:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not inits:  # bwrap is still setting up: nothing runs inside yet
+        proc.kill()
+    deadline: float | None = time.monotonic() + SANDBOX_EXIT_SECONDS
+    while proc.returncode is None:
+        try:
+            proc.wait(timeout=None if deadline is None else max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            deadline = None
+        except BaseException as exc:  # deferred: re-raised once the sandbox is gone
+            held.append(exc)
+    if held:
+        raise held[0]
 
 
 class BuildRoot:
@@ -114,6 +171,11 @@ class BuildRoot:
             if network and resolv.is_file() and os.path.lexists(self.root / "etc/resolv.conf"):
                 cmd += ["--ro-bind", str(resolv), "/etc/resolv.conf"]
         cmd += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys"]
+        # bwrap leaves /proc/sys writable for root: most sysctls are global, so a
+        # stage writing one would retune the host's kernel. Net sysctls still show
+        # the sandbox's own network namespace through this bind.
+        cmd += ["--ro-bind", "/proc/sys", "/proc/sys",
+                "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
         cmd += ["--tmpfs", "/run", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
         cmd += ["--ro-bind", str(self.libdir), LIB]
         cmd += ["--bind", str(api_dir), API]
@@ -122,7 +184,8 @@ class BuildRoot:
             cmd += ["--ro-bind" if bind.readonly else "--bind", str(bind.source), bind.target]
         for device in devices:
             cmd += ["--dev-bind", device, device]
-        cmd += ["--cap-add", "ALL"]
+        # bwrap keeps root's capabilities by default; `--cap-add ALL` would also
+        # undo every --cap-drop below.
         for cap in DROPPED_CAPS:
             cmd += ["--cap-drop", cap]
         env = {
@@ -152,10 +215,13 @@ class BuildRoot:
         devices: list[str] | None = None,
         on_output: Callable[[str], None] | None = None,
         network: bool = False,
+        timeout: float | None = None,
     ) -> StageRun:
         """Run `executable` (a path relative to the libdir) through the runner.
 
-        `workdir` is a private temporary directory for the API files.
+        `workdir` is a private temporary directory for the API files. After `timeout`
+        seconds the sandbox is killed with everything in its pid namespace, however deep
+        or detached (see kill_sandbox).
         """
         self.check()
         api_dir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
@@ -164,10 +230,24 @@ class BuildRoot:
         cmd = self.command(tree, api_dir, binds or [], devices or [], network)
         cmd += ["/usr/bin/python3", f"{LIB}/runners/{self.runner}", f"{LIB}/{executable}"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            kill_sandbox(proc)
+
+        # A timer, not a read timeout: a hung stage may print nothing at all.
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        # A session of its own keeps a terminal's Ctrl-C away from bwrap: bwrap dying
+        # of it would leave its namespace to die unobserved; kill_sandbox() waits for it.
+        proc = interrupts.popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, on_interrupt=kill_sandbox,
         )
         try:
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -176,9 +256,12 @@ class BuildRoot:
                     on_output(line)
             returncode = proc.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                kill_sandbox(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
         metadata = None
         meta_path = api_dir / "metadata"
         if returncode == 0 and meta_path.exists():
@@ -187,4 +270,4 @@ class BuildRoot:
             except ValueError as e:
                 raise BuildRootError(f"{executable} returned metadata that is not JSON: {e}") from e
         shutil.rmtree(api_dir, ignore_errors=True)
-        return StageRun(returncode, metadata, list(tail))
+        return StageRun(returncode, metadata, list(tail), expired.is_set() and returncode != 0)

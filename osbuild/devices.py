@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 
+from osbuild import interrupts
 from osbuild.errors import ModuleNotFound, OsbuildError, ToolMissing
 
 # A path inside the tree: relative or absolute (taken as relative to the tree),
@@ -84,26 +85,30 @@ def run_to_end(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], BaseEx
     A losetup or mount killed half-way may leave a device attached or a file
     system mounted that nobody knows of. So the child runs in its own session
     (a terminal's Ctrl-C does not reach it) and is waited for; the caller learns
-    what it did, cleans up, and then re-raises the interrupt.
+    what it did, cleans up, and then re-raises the interrupt. (Under the osbuild
+    command the interrupt is held back from the start, so it cannot land between
+    starting the tool and waiting for it either.)
     """
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise ToolMissing(f"{cmd[0]} is not installed (it comes with util-linux)") from None
     interrupt: BaseException | None = None
-    while True:
+    with interrupts.deferred(reraise=False) as held:
         try:
-            out, err = proc.communicate()
-            break
-        except BaseException as exc:  # deferred: the caller re-raises it
-            interrupt = interrupt or exc
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise ToolMissing(f"{cmd[0]} is not installed (it comes with util-linux)") from None
+        while True:
+            try:
+                out, err = proc.communicate()
+                break
+            except BaseException as exc:  # deferred: the caller re-raises it
+                interrupt = interrupt or exc
+    interrupt = interrupt or held.exception()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), interrupt
 
 
@@ -128,8 +133,12 @@ def _identity(device: str) -> tuple[str, str] | None:
     return backing.removesuffix(" (deleted)"), offset
 
 
-def _attach(image: Path, offset: int, size: int | None, sector_size: int) -> str:
+def _attach(
+    image: Path, offset: int, size: int | None, sector_size: int, read_only: bool = False
+) -> str:
     cmd = ["losetup", "--find", "--show", "--offset", str(offset)]
+    if read_only:
+        cmd.append("--read-only")
     if size is not None:
         cmd += ["--sizelimit", str(size)]
     if sector_size != 512:
@@ -230,16 +239,22 @@ def _locked(device: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def loopback(
-    image: Path, offset: int, size: int | None, sector_size: int = 512, lock: bool = False
+    image: Path,
+    offset: int,
+    size: int | None,
+    sector_size: int = 512,
+    lock: bool = False,
+    read_only: bool = False,
 ) -> Iterator[str]:
     """Attach `image` from byte `offset` for `size` bytes (None: to its end); yield /dev/loopN.
 
     Offsets and sizes here are in bytes, as losetup takes them; `sector_size`
     is the logical block size the device reports. With `lock` the device node
-    is flock()ed for as long as it is in use. The device is detached on exit,
-    whatever the way out.
+    is flock()ed for as long as it is in use. With `read_only` the kernel refuses
+    every write, so not even a journal replay can change the image. The device
+    is detached on exit, whatever the way out.
     """
-    device = _attach(image, offset, size, sector_size)
+    device = _attach(image, offset, size, sector_size, read_only)
     identity = _identity(device)
     try:
         with _locked(device) if lock else contextlib.nullcontext():
@@ -317,13 +332,15 @@ def open_devices(
     for name, image, offset, size, options in plans:
         # "partscan" is ignored on purpose: no udev, so partition nodes would
         # never show up; manifests use one device per partition instead.
-        opened[name] = stack.enter_context(
-            loopback(
-                image,
-                offset,
-                size,
-                sector_size=options.get("sector-size", 512),
-                lock=options.get("lock", False),
+        # Deferred: an interrupt between attaching and registering the detach would leak.
+        with interrupts.deferred():
+            opened[name] = stack.enter_context(
+                loopback(
+                    image,
+                    offset,
+                    size,
+                    sector_size=options.get("sector-size", 512),
+                    lock=options.get("lock", False),
+                )
             )
-        )
     return opened

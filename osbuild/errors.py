@@ -4,6 +4,8 @@ The CLI turns an `OsbuildError` into one line on stderr and its exit code;
 anything else is a bug and shows a traceback only with --debug.
 """
 
+import signal
+
 
 class OsbuildError(Exception):
     """A user-facing error: printed as one line, never with a traceback."""
@@ -30,15 +32,37 @@ class ModuleNotFound(ManifestError):
 
 
 class StageFailed(OsbuildError):
-    """A stage exited non-zero."""
+    """A stage exited non-zero, was killed, or (with `reason`) failed for a known cause."""
 
-    def __init__(self, pipeline: str, stage: str, stage_id: str, returncode: int, tail: list[str]):
+    def __init__(self, pipeline: str, stage: str, stage_id: str, returncode: int, tail: list[str],
+                 reason: str | None = None, hint: str | None = None):
         self.pipeline, self.stage, self.stage_id = pipeline, stage, stage_id
         self.returncode, self.tail = returncode, tail
-        super().__init__(
-            f"stage {stage} ({stage_id[:12]}) in pipeline '{pipeline}' failed "
-            f"with exit status {returncode}"
-        )
+        if reason is None:
+            reason = f"failed with exit status {returncode}"
+            if returncode < 0:  # Popen's way of saying the sandbox died of a signal
+                reason = f"was killed by signal {signal_name(-returncode)}"
+            elif 128 < returncode <= 128 + 64:  # bwrap's (and the shell's) way of saying so
+                reason += f" (killed by signal {signal_name(returncode - 128)})"
+        super().__init__(f"stage {stage} ({stage_id[:12]}) in pipeline '{pipeline}' {reason}",
+                         hint)
+
+
+class StageTimeout(StageFailed):
+    """A stage ran longer than --stage-timeout and was killed with its whole sandbox."""
+
+    def __init__(self, pipeline: str, stage: str, stage_id: str, returncode: int, tail: list[str],
+                 timeout: float):
+        self.timeout = timeout
+        super().__init__(pipeline, stage, stage_id, returncode, tail,
+                         f"timed out after {timeout:g} s (--stage-timeout) and was killed")
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 class BuildRootError(OsbuildError):

@@ -6,17 +6,16 @@ traceback appears only for internal bugs and only with --debug.
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from . import formats, store_cli
-from .errors import ManifestError, OsbuildError, StageFailed
+from . import formats, interrupts, store_cli
+from .errors import ManifestError, OsbuildError, StageFailed, StageTimeout
 from .meta import default_libdir
 from .monitor import MONITORS, LogMonitor, Monitor
 from .objectstore import DEFAULT_MAX_SIZE, ObjectStore, default_store_path, parse_size
-from .pipeline import Builder
+from .pipeline import Builder, after_interrupt
 from .validate import validate
 
 EXIT_INTERRUPTED = 130
@@ -45,20 +44,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--libdir", type=Path, help="where stages/, runners/, ... live")
     parser.add_argument("--cache-max-size", metavar="SIZE",
                         help="store size limit, like 20G or 'unlimited' (default: 20G)")
+    parser.add_argument("--stage-timeout", type=positive_seconds, metavar="SECONDS",
+                        help="kill a stage (or assembler) that runs longer, with everything it "
+                        "started, and fail the build (default: no limit)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return parser.parse_args(argv)
 
 
-def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ManifestError(f"manifest: duplicate key '{key}'")
-    return dict(pairs)
-
-
-def reject_constant(name: str) -> NoReturn:
-    raise ManifestError(f"manifest: {name} is not a valid JSON number")
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def read_manifest(path: str) -> Any:
@@ -78,15 +78,19 @@ def read_manifest(path: str) -> Any:
             import yaml
 
             return yaml.safe_load(text)
-        return json.loads(text, object_pairs_hook=reject_duplicates,
-                          parse_constant=reject_constant)
+        # The hooks mark duplicate keys, NaN and out-of-range numbers for
+        # formats.check_values, which names where they are.
+        return json.loads(text, object_pairs_hook=formats.json_object,
+                          parse_constant=formats.json_constant,
+                          parse_int=formats.json_int, parse_float=formats.json_float)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON: line {e.lineno} column {e.colno}: "
                             f"{e.msg}") from None
     except RecursionError:
         raise ManifestError(f"{path}: manifest nests too deeply") from None
     except Exception as e:  # yaml's errors share no useful base we can import lazily
-        if type(e).__module__.startswith("yaml"):
+        # ValueError: an integer too long for int() (YAML has no parse_int hook).
+        if type(e).__module__.startswith("yaml") or isinstance(e, ValueError):
             raise ManifestError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         raise
 
@@ -116,6 +120,8 @@ def error_json(error: OsbuildError) -> dict[str, Any]:
     if isinstance(error, StageFailed):
         doc.update(pipeline=error.pipeline, stage=error.stage, id=error.stage_id,
                    returncode=error.returncode, output=error.tail)
+    if isinstance(error, StageTimeout):
+        doc["timeout"] = error.timeout
     return doc
 
 
@@ -140,7 +146,7 @@ def build(args: argparse.Namespace) -> int:
             raise OsbuildError(f"--cache-max-size: {e}") from None
     monitor = make_monitor(args)
     with ObjectStore(args.store or default_store_path(), max_size) as store:
-        builder = Builder(manifest, store, libdir, monitor, args.checkpoint)
+        builder = Builder(manifest, store, libdir, monitor, args.checkpoint, args.stage_timeout)
         result = builder.build(args.export, args.output_directory)
     error = result.error
     monitor.finish(result.success, [r for rs in result.results.values() for r in rs],
@@ -166,26 +172,33 @@ def report(error: OsbuildError) -> None:
             print(f"    {line}", file=sys.stderr)
 
 
-def terminate(signum: int, _frame: Any) -> NoReturn:
-    """SIGTERM unwinds like Ctrl-C, so every resource is released on the way out."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+def interrupted(error: BaseException | None = None) -> int:
+    if error is not None:  # something leaked: say what, but it still was an interrupt
+        print(f"osbuild: warning: cleaning up after the interrupt failed: {error}",
+              file=sys.stderr)
+    print("osbuild: interrupted; cleaned up" if error is None else "osbuild: interrupted",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["store"]:
         return store_cli.main(argv[1:])
+    interrupts.install()  # SIGINT and SIGTERM unwind the build: see osbuild/interrupts.py
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, terminate)
     try:
         return build(args)
+    except KeyboardInterrupt:
+        return interrupted()
     except OsbuildError as error:
+        if after_interrupt(error):
+            return interrupted(error)
         report(error)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("osbuild: interrupted; cleaned up", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except Exception as e:
+        if after_interrupt(e):
+            return interrupted(e)
         if args.debug:
             raise
         print(f"osbuild: internal error: {type(e).__name__}: {e} (--debug shows a traceback)",
@@ -193,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
     finally:
         sys.stdout.flush()
+        # The build is over, its cleanup included: a signal now must not turn the exit
+        # status into a kill or a traceback on the way out of the process.
+        interrupts.ignore()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ class Input:
     # Pipeline references are "name:<pipeline>"; source references are checksums.
     references: dict[str, dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
+    # Where the references are written in the manifest, when that is not
+    # `<stage>.inputs.<name>.references` (v1 stages name their files in an option).
+    path: str | None = None
 
 
 @dataclass
@@ -83,23 +86,22 @@ class Manifest:
 
     def order(self, wanted: list[str] | None = None) -> list[Pipeline]:
         """Pipelines in build order: each after everything it depends on."""
-        done: dict[str, Pipeline] = {}
-
-        def visit(name: str, chain: tuple[str, ...]) -> None:
-            if name in done:
-                return
-            pipeline = self.pipelines[name]
-            for dep in pipeline.dependencies():
-                visit(dep, chain + (name,))
-            done[name] = pipeline
-
-        for name in wanted if wanted is not None else self.pipelines:
-            visit(name, ())
-        return list(done.values())
+        names = depth_first(self.pipelines, list(wanted if wanted is not None else self.pipelines))
+        return [self.pipelines[name] for name in names]
 
     def compute_ids(self) -> None:
         for pipeline in self.order():
             compute_stage_ids(pipeline, self.pipelines)
+
+
+def source_items(section: dict[str, Any]) -> dict[str, Any]:
+    """checksum -> item of one source section ("items", or v1's "urls").
+
+    Runs before the section is validated (validate.py reports what is wrong
+    with it), so anything that is not a mapping counts as no items.
+    """
+    items = section.get("items", section.get("urls"))
+    return dict(items) if isinstance(items, dict) else {}
 
 
 def pipeline_name(reference: str) -> str:
@@ -156,19 +158,34 @@ def check_graph(pipelines: dict[str, Pipeline]) -> None:
                                         f"unknown pipeline '{pipeline_name(ref)}'")
     if problems:
         raise ManifestError(problems)
+    depth_first(pipelines, list(pipelines))
 
-    state: dict[str, str] = {}
 
-    def visit(name: str, chain: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            cycle = " -> ".join(chain[chain.index(name):] + [name])
-            raise ManifestError(f"{pipelines[name].path}: pipelines depend on each other: {cycle}")
-        state[name] = "visiting"
-        for dep in pipelines[name].dependencies():
-            visit(dep, chain + [name])
-        state[name] = "done"
+def depth_first(pipelines: dict[str, Pipeline], roots: list[str]) -> list[str]:
+    """Names of `roots` and all they depend on, dependencies first; a cycle is an error.
 
-    for name in pipelines:
-        visit(name, [])
+    Iterative: a chain of thousands of build pipelines must not hit Python's
+    recursion limit.
+    """
+    done: dict[str, None] = {}
+    for root in roots:
+        if root in done:
+            continue
+        chain = [root]
+        todo = [iter(pipelines[root].dependencies())]
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                todo.pop()
+                done[chain.pop()] = None
+            elif dep in chain:
+                cycle = chain[chain.index(dep):] + [dep]
+                shown = " -> ".join(cycle) if len(cycle) <= 8 else \
+                    f"{' -> '.join(cycle[:4])} -> ... -> {' -> '.join(cycle[-2:])} " \
+                    f"({len(cycle) - 1} pipelines)"
+                raise ManifestError(f"{pipelines[dep].path}: pipelines depend on each other: "
+                                    f"{shown}")
+            elif dep not in done:
+                chain.append(dep)
+                todo.append(iter(pipelines[dep].dependencies()))
+    return list(done)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 
+from osbuild import interrupts
 from osbuild.devices import one_line, pause, run_to_end
 from osbuild.errors import ModuleNotFound, OsbuildError
 
@@ -182,9 +183,12 @@ def _unmount(name: str, path: Path, strict: bool) -> None:
 
 
 @contextlib.contextmanager
-def _mounted(
-    name: str, fstype: str, device: str, path: Path, opts: list[str]
-) -> Iterator[None]:
+def mounted(name: str, fstype: str, device: str, path: Path, opts: list[str]) -> Iterator[None]:
+    """Mount `device` as `fstype` with `opts` at `path`; unmount on exit, whatever the way out.
+
+    `name` only labels errors. A Ctrl-C during the mount is held until the
+    mount has either failed or been undone, so nothing is left behind.
+    """
     cmd = ["mount", "-t", fstype, *(["-o", ",".join(opts)] if opts else []), device, str(path)]
     result, interrupt = run_to_end(cmd)
     if interrupt is not None:
@@ -227,6 +231,10 @@ def mount_all(
         except OSError as exc:
             raise OsbuildError(f"mount '{name}': cannot create {mount['target']}: {exc}") from None
         opts = _mount_options(mount.get("options", {}))
-        stack.enter_context(_mounted(name, FSTYPES[mtype], devices[mount["source"]], path, opts))
+        # Deferred: an interrupt between mounting and registering the unmount would leak.
+        with interrupts.deferred():
+            stack.enter_context(
+                mounted(name, FSTYPES[mtype], devices[mount["source"]], path, opts)
+            )
         paths[name] = str(path)
     return paths

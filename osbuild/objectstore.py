@@ -10,7 +10,9 @@ Layout under the store directory:
     objects/<id>/last-used   its mtime is the last use, for LRU eviction
     objects/<id>/lock        readers hold LOCK_SH; eviction needs LOCK_EX|LOCK_NB
     objects/.<id>.<pid>-*/   a commit being staged, renamed to objects/<id> when complete
-    sources/<checksum>       downloaded files; counted in the size limit, mtime = last use
+    sources/<checksum>       downloaded files; counted in the size limit, mtime = last use;
+                             a build hard-links those it uses into its tmp dir, and eviction
+                             skips files with more than one link
     tmp/<pid>-<prefix>-*/    private work dirs
 
 Every staging and tmp dir is flock'ed by its owner while alive, so one left by a
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import interrupts
 from .errors import StoreError
 from .fsutil import copy_tree, disk_usage, remove_tree
 
@@ -126,9 +129,22 @@ class ObjectStore:
         )
 
     def _create(self) -> None:
-        """Create the layout, or wipe and recreate an incompatible store, while no one uses it."""
+        """Create the layout, or wipe and recreate an incompatible store, while no one uses it.
+
+        The exclusive lock is polled for, not waited for: a process that created the store
+        meanwhile builds under LOCK_SH at once, and a blocking wait would last that long.
+        """
         assert self._lock_fd is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass  # a failed conversion drops our LOCK_SH too
+            if self._state() == "ok":
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+                return
+            time.sleep(0.05)
         state = self._state()  # someone else may have done it while we waited
         if state == "incompatible":
             print(f"osbuild: {self.path}: incompatible store format, clearing it", file=sys.stderr)
@@ -153,8 +169,9 @@ class ObjectStore:
     @contextmanager
     def tempdir(self, prefix: str = "tmp") -> Iterator[Path]:
         """A fresh directory on the store's filesystem, so trees can be renamed into it."""
-        path, fd = _locked_mkdtemp(f"{os.getpid()}-{prefix}-", self._tmp)
-        self._tempdirs[path] = fd
+        with interrupts.deferred():  # registered before an interrupt can strike: __exit__ drops it
+            path, fd = _locked_mkdtemp(f"{os.getpid()}-{prefix}-", self._tmp)
+            self._tempdirs[path] = fd
         try:
             yield path
         finally:
@@ -196,11 +213,31 @@ class ObjectStore:
 
         With copy=False the tree is moved in and the caller must use the returned path
         from then on. Losing a race to another process committing the same id is
-        success: same id, same tree. Hold `get()` to keep the object from eviction.
+        success: same id, same tree. Use `committed()` to keep the object from eviction.
         """
-        final = self._objects / _checked(object_id)
-        if self.contains(object_id):
-            return final / "tree"
+        with self.committed(object_id, tree, metadata, copy) as obj:
+            return obj.tree
+
+    @contextmanager
+    def committed(self, object_id: str, tree: Path, metadata: dict,
+                  copy: bool = False) -> Iterator[StoredObject]:
+        """`commit()`, and hold the object like `get()` does inside the block.
+
+        The hold starts before the object is published: another build's eviction cannot
+        take it between the commit and a `get()`, which would lose a moved-in tree.
+        """
+        fd = self._commit(_checked(object_id), tree, metadata, copy)
+        try:
+            yield StoredObject(object_id, self._objects / object_id / "tree", metadata)
+        finally:
+            os.close(fd)
+
+    def _commit(self, object_id: str, tree: Path, metadata: dict, copy: bool) -> int:
+        """Publish the tree; return an fd holding LOCK_SH on the stored object."""
+        held = self._lock_object(object_id, fcntl.LOCK_SH)
+        if held is not None:
+            os.utime(self._objects / object_id / "last-used")
+            return held  # stored already, by another build or an earlier run
         staged, fd = _locked_mkdtemp(f".{object_id}.{os.getpid()}-", self._objects)
         try:
             if not copy:
@@ -224,16 +261,36 @@ class ObjectStore:
             (staged / "lock").touch()
             (staged / "last-used").touch()
             _fsync_dir(staged)
+            lock = os.open(staged / "lock", os.O_RDONLY)
             try:
-                os.rename(staged, final)
-                _fsync_dir(self._objects)
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
+                fcntl.flock(lock, fcntl.LOCK_SH)  # it moves with the directory
+                held = self._publish(staged, object_id)
+            except BaseException:
+                os.close(lock)
+                raise
+            if held is None:
+                return lock
+            os.close(lock)
+            return held
         finally:
             remove_tree(staged)  # gone already unless another process won the race
             os.close(fd)
-        return final / "tree"
+
+    def _publish(self, staged: Path, object_id: str) -> int | None:
+        """Rename `staged` into place: None if it is stored now, else a hold on the copy
+        another process published first."""
+        while True:
+            try:
+                os.rename(staged, self._objects / object_id)
+                _fsync_dir(self._objects)
+                return None
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            held = self._lock_object(object_id, fcntl.LOCK_SH)
+            if held is not None:
+                return held
+            # Evicted again before we could hold it: publish ours after all.
 
     def _lock_object(self, object_id: str, operation: int) -> int | None:
         """flock an object's lock file; None if the object is gone (or busy, with LOCK_NB)."""
@@ -291,8 +348,9 @@ class ObjectStore:
     def evict(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Drop least recently used entries until the store fits in max_size.
 
-        `keep` holds object ids and source checksums the caller still needs; objects
-        another process is reading are skipped too.
+        `keep` holds object ids and source checksums the caller still needs; what another
+        running build holds (objects it reads, sources it linked) is skipped too. So the
+        store ends at or below max_size unless what is kept or in use exceeds it.
         """
         if self.max_size is None:
             return []
@@ -341,6 +399,8 @@ class ObjectStore:
         """Atomically take an entry out of the store; False if it is gone or in use."""
         if entry.kind == "source":
             try:
+                if (self._sources / entry.id).lstat().st_nlink > 1:
+                    return False  # hard-linked into a running build's work dir: in use
                 os.rename(self._sources / entry.id, trash / f"source-{entry.id}")
                 return True
             except FileNotFoundError:

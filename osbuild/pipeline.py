@@ -5,20 +5,22 @@ sandboxes) is entered into one ExitStack, so failures and interrupts clean
 up structurally.
 """
 
+import errno
 import fnmatch
 import functools
 import os
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, inputs, mounts, sources
+from . import devices, inputs, interrupts, mounts, sources
 from .buildroot import MOUNTS, Bind, BuildRoot
-from .errors import OsbuildError, StageFailed, StoreError
-from .fsutil import clamp_mtimes, copy_tree, remove_tree
+from .errors import OsbuildError, StageFailed, StageTimeout, StoreError
+from .fsutil import clamp_mtimes, copy_tree, remove_tree, replace_tree
 from .meta import load_meta
 from .model import Manifest, Pipeline, Stage
 from .monitor import Monitor, StageResult
@@ -28,6 +30,22 @@ from .prefetch import Prefetcher
 # A stage that ran this long is kept in the store even without --checkpoint:
 # copying its tree costs far less than running it again after a later change.
 AUTO_CHECKPOINT_SECONDS = 10.0
+
+# How tools say they ran out of space (ENOSPC, EDQUOT), in their output or our errors.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def after_interrupt(error: BaseException) -> bool:
+    """Whether `error` was raised while an interrupt unwound the build, and replaced it."""
+    seen: set[int] = set()
+    context = error.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
 
 
 @dataclass
@@ -41,12 +59,13 @@ class Builder:
     """Builds the pipelines an export needs, resuming at the first uncached stage."""
 
     def __init__(self, manifest: Manifest, store: ObjectStore, libdir: Path, monitor: Monitor,
-                 checkpoints: list[str] | None = None):
+                 checkpoints: list[str] | None = None, stage_timeout: float | None = None):
         self.manifest = manifest
         self.store = store
         self.libdir = libdir
         self.monitor = monitor
         self.checkpoints = checkpoints or []
+        self.stage_timeout = stage_timeout
         self.trees: dict[str, Path] = {}
         self.results: dict[str, list[StageResult]] = {}
         self.used: set[str] = set()
@@ -58,16 +77,24 @@ class Builder:
             with ExitStack() as stack:
                 self.stack = stack
                 self.workdir = stack.enter_context(self.store.tempdir("build"))
-                self.prefetch = Prefetcher(self.libdir, self.store.source_dir(),
-                                           self.plan_sources(plan), self.monitor.source_progress,
-                                           self.monitor.message).start()
-                stack.callback(self.prefetch.stop)
-                for pipeline in plan:
-                    self.build_pipeline(pipeline)
+                self.pinned = self.workdir / "sources"
+                self.pinned.mkdir()
+                stack.callback(self.publish_sources)  # also what a failed build downloaded
+                batches = self.plan_sources(plan)
+                with interrupts.deferred():  # a started prefetch is always stopped
+                    self.prefetch = Prefetcher(self.libdir, self.pinned, batches,
+                                               self.monitor.source_progress,
+                                               self.monitor.message).start()
+                    stack.callback(self.prefetch.stop)
+                with out_of_space("the store", self.store.path, "--store"):
+                    for pipeline in plan:
+                        self.build_pipeline(pipeline)
                 for name in exports:
                     assert output_dir is not None
                     self.export(name, output_dir)
         except OsbuildError as error:
+            if after_interrupt(error):
+                raise  # a cleanup that failed after Ctrl-C: the CLI reports both
             return BuildResult(False, self.results, error)
         finally:
             self.store.evict(keep=self.used)
@@ -105,10 +132,15 @@ class Builder:
             results.append(result)
             chain[stage.id] = result.metadata
             last = stage is pipeline.stages[-1]
-            if last or self.wants_checkpoint(pipeline, stage, result.duration):
-                self.store.commit(stage.id, tree, {"stages": dict(chain)}, copy=not last)
+            if last:
+                # Held from its first moment: another build's eviction cannot take it.
+                obj = self.stack.enter_context(
+                    self.store.committed(stage.id, tree, {"stages": dict(chain)}))
+                self.trees[pipeline.name] = obj.tree
                 self.used.add(stage.id)
-        self.hold(pipeline.stages[-1].id, pipeline.name)
+            elif self.wants_checkpoint(pipeline, stage, result.duration):
+                self.store.commit(stage.id, tree, {"stages": dict(chain)}, copy=True)
+                self.used.add(stage.id)
 
     def cached_base(self, pipeline: Pipeline) -> tuple[int, dict[str, Any]]:
         """Index of the last stage whose tree is in the store, and the metadata so far."""
@@ -148,9 +180,10 @@ class Builder:
             wanted |= {c for items in self.manifest.sources.values() for c in items}
         return wanted
 
-    def missing_sources(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
-        """source type -> the wanted items not yet in the store's source cache."""
-        cache = self.store.source_dir()
+    def missing_sources(self, wanted: set[str],
+                        cache: Path | None = None) -> dict[str, dict[str, Any]]:
+        """source type -> the wanted items not yet in `cache` (the store's source cache)."""
+        cache = cache or self.store.source_dir()
         missing: dict[str, dict[str, Any]] = {}
         for kind, items in self.manifest.sources.items():
             for checksum in sorted(wanted & set(items)):
@@ -172,19 +205,50 @@ class Builder:
         return batches
 
     def fetch_sources(self, stages: list[Stage]) -> None:
-        """Make sure what the stages need is cached (the prefetch normally did it already)."""
+        """Pin what the stages need in the build's own source dir, fetching what is missing.
+
+        A pin is a hard link to the store's file: another build's eviction may take the
+        name out of the store, but never the file from under us. Downloads land in our
+        dir and are published to the store when verified (the prefetch did most already).
+        """
         wanted = self.wanted_sources(stages)
         unknown = wanted - {c for items in self.manifest.sources.values() for c in items}
         if unknown:
             raise OsbuildError(f"no source provides {sorted(unknown)[0]}")
         self.used |= wanted
-        missing = self.missing_sources(wanted)
-        for checksum in wanted - {c for items in missing.values() for c in items}:
-            self.store.touch_source(checksum)
-        for kind, items in missing.items():
+        cache = self.store.source_dir()
+        # Hashed before they are pinned: a store file changed on disk is removed
+        # and fetched again below (sources.check_cached says why).
+        sources.check_cached(cache, [c for c in wanted if not (self.pinned / c).exists()],
+                             self.monitor.message)
+        for checksum in sorted(wanted):
+            pin = self.pinned / checksum
+            try:
+                os.link(cache / checksum, pin)
+            except (FileNotFoundError, FileExistsError):
+                pass  # not in the store (fetched below), or pinned already
+            if pin.exists():
+                os.utime(pin)  # the store's file too: last use, for LRU eviction
+        for kind, items in self.missing_sources(wanted, self.pinned).items():
             self.monitor.message(f"fetching {len(items)} files ({kind})")
-            sources.fetch(self.libdir, kind, items, self.store.source_dir(),
+            sources.fetch(self.libdir, kind, items, self.pinned,
                           on_progress=functools.partial(self.monitor.source_progress, kind))
+        self.publish_sources()
+
+    def publish_sources(self) -> None:
+        """Offer the files this build downloaded to later builds through the store.
+
+        Best effort: it also runs while a failed build unwinds, and a file not
+        published is only downloaded again.
+        """
+        cache = self.store.source_dir()
+        for pin in self.pinned.iterdir():
+            if pin.name.startswith("."):
+                continue  # a download in progress or abandoned
+            try:
+                os.link(pin, cache / pin.name)
+            except OSError:
+                pass  # there already (another build was faster), or no room for the name
 
     # -- stages ------------------------------------------------------------
 
@@ -203,7 +267,7 @@ class Builder:
             }
             for name, inp in stage.inputs.items():
                 bind, data = inputs.prepare(name, inp, self.pipeline_tree,
-                                            self.store.source_dir(), stage_dir)
+                                            self.pinned, stage_dir)
                 binds.append(bind)
                 args["inputs"][name] = {"path": bind.target, "data": data}
             nodes: dict[str, str] = {}
@@ -226,12 +290,21 @@ class Builder:
             run = buildroot.run(f"{stage.kind}/{stage.name}", args, tree, stage_dir, binds,
                                 list(nodes.values()),
                                 on_output=lambda line: self.monitor.stage_output(stage, line),
-                                network=bool(meta.get("network")))
+                                network=bool(meta.get("network")), timeout=self.stage_timeout)
         result = StageResult(stage.id, stage.name, pipeline.name, run.returncode == 0, False,
                              time.monotonic() - start, run.metadata, run.tail)
         self.monitor.stage_result(stage, result)
         if not result.success:
             self.results.setdefault(pipeline.name, []).append(result)
+            if run.timed_out:
+                assert self.stage_timeout is not None
+                raise StageTimeout(pipeline.name, stage.name, stage.id, run.returncode, run.tail,
+                                   self.stage_timeout)
+            said = any(text in line for line in run.tail for text in NO_SPACE_TEXTS)
+            if run.returncode > 0 and is_full(self.workdir, said):
+                raise StageFailed(pipeline.name, stage.name, stage.id, run.returncode, run.tail,
+                                  f"failed with exit status {run.returncode}: no space left on "
+                                  f"device in the store {self.store.path}", NO_SPACE_HINT)
             raise StageFailed(pipeline.name, stage.name, stage.id, run.returncode, run.tail)
         if pipeline.source_epoch is not None:
             clamp_mtimes(tree, pipeline.source_epoch)
@@ -241,14 +314,60 @@ class Builder:
 
     def export(self, name: str, output_dir: Path) -> None:
         """Copy a pipeline's tree to output_dir/name; a partial export is never left."""
+        if not output_dir.exists():
+            # Made by us, so a failed build leaves no empty output directory either.
+            self.stack.callback(remove_if_empty, output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         target = output_dir / name
         partial = output_dir / f".{name}.partial-{os.getpid()}"
         self.stack.callback(remove_tree, partial)
-        copy_tree(self.trees[name], partial)
-        if os.path.lexists(target):
-            old = output_dir / f".{name}.old-{os.getpid()}"
-            os.rename(target, old)
-            remove_tree(old)
-        os.rename(partial, target)
+        with out_of_space("the output directory", output_dir, "--output-directory"):
+            copy_tree(self.trees[name], partial)
+        replace_tree(partial, target)  # another build may be exporting there too
         self.monitor.exported(name, str(target))
+
+
+# -- running out of space ------------------------------------------------------
+
+NO_SPACE_HINT = "free some space there, or point --store at a larger file system"
+
+
+def is_full(path: Path, said_so: bool) -> bool:
+    """Whether the file system holding `path` is out of space or inodes.
+
+    A tool that hit ENOSPC may remove its partial files before it exits, so when its
+    output said so, a nearly full file system counts; otherwise only a really full one.
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use reserved blocks
+    if blocks * st.f_frsize < 1024**2 or (st.f_files > 0 and st.f_ffree == 0):
+        return True
+    return said_so and blocks < st.f_blocks // 20
+
+
+@contextmanager
+def out_of_space(where: str, path: Path, option: str) -> Iterator[None]:
+    """Turn running out of space under `path` into one line that names it, not a traceback."""
+    try:
+        yield
+    except StageFailed:
+        raise  # it says which stage failed and why itself
+    except (OSError, OsbuildError) as error:
+        if isinstance(error, OSError) and error.errno not in NO_SPACE_ERRNOS:
+            raise
+        if isinstance(error, OsbuildError) and not any(t in str(error) for t in NO_SPACE_TEXTS):
+            raise
+        kind = StoreError if option == "--store" else OsbuildError
+        raise kind(f"no space left on device in {where} {path}",
+                   hint=f"free some space there, or point {option} at a larger file system"
+                   ) from None
+
+
+def remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

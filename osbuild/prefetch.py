@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sources
-from .errors import OsbuildError
+from .errors import OsbuildError, SourceError
 
 # pipeline name -> source type -> {checksum: item}
 Batches = dict[str, dict[str, dict[str, Any]]]
@@ -37,20 +37,30 @@ class Prefetcher:
         return self
 
     def run(self) -> None:
-        for name, by_type in self.batches.items():
-            try:
-                for kind, items in by_type.items():
-                    if self.cancel.is_set():
-                        return
-                    sources.fetch(self.libdir, kind, items, self.cache,
-                                  on_progress=functools.partial(self.on_progress, kind),
-                                  cancel=self.cancel)
-                    files = f"{len(items)} file" + ("s" if len(items) != 1 else "")
-                    self.on_message(f"fetched {files} for pipeline {name} ({kind})")
-            except OsbuildError as error:
-                self.errors[name] = error
-            finally:
-                self.done[name].set()
+        try:
+            for name, by_type in self.batches.items():
+                try:
+                    for kind, items in by_type.items():
+                        if self.cancel.is_set():
+                            return
+                        sources.fetch(self.libdir, kind, items, self.cache,
+                                      on_progress=functools.partial(self.on_progress, kind),
+                                      cancel=self.cancel)
+                        files = f"{len(items)} file" + ("s" if len(items) != 1 else "")
+                        self.on_message(f"fetched {files} for pipeline {name} ({kind})")
+                except OsbuildError as error:
+                    self.errors[name] = error
+                except Exception as error:
+                    # Anything else (an OSError from the cache) would end this thread
+                    # with a traceback nobody sees while the build waits for it.
+                    self.errors[name] = SourceError(
+                        f"fetching the sources of pipeline {name} failed: {error}")
+                finally:
+                    self.done[name].set()
+        finally:
+            # Cancelled or crashed: no pipeline may wait for a batch that never comes.
+            for event in self.done.values():
+                event.set()
 
     def wait(self, pipeline: str) -> None:
         """Block until `pipeline`'s files are in the cache; raise what went wrong."""

@@ -27,8 +27,10 @@ import json
 import lzma
 import os
 import re
+import shutil
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -36,12 +38,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from . import interrupts
 from .errors import ModuleNotFound, SourceError
 
 CHECKSUM_PATTERN = r"^(md5|sha1|sha256|sha384|sha512):[0-9a-f]{32,128}$"
@@ -58,6 +61,12 @@ DEFAULT_RETRIES = 4  # so five attempts in all
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry; doubles each time
 DEFAULT_TIMEOUT = 30.0  # seconds without data before a connection counts as dead
 DEFAULT_WORKERS = 8  # pool files are many and small: latency, not bandwidth, bounds them
+# Items carry no size, so a server streaming without end would fill the disk: no
+# single file may be larger than the store's default size limit.
+DEFAULT_MAX_SIZE = 20 * 1024**3
+# A server that drips a few bytes at a time never trips the read timeout: a download
+# slower than this, averaged over the timeout, counts as dead (curl's speed limit).
+DEFAULT_MIN_SPEED = 1000  # bytes per second
 
 # HTTP statuses worth another attempt: server trouble, and 404 because
 # mirrors briefly miss files while they sync.
@@ -109,6 +118,70 @@ def verify_file(path: Path | str, checksum: str) -> bool:
         return False
 
 
+# Files this process hashed itself, by (device, inode, size): each file is hashed
+# once per build, however many pipelines read it. A file replaced or truncated
+# since is hashed again.
+_verified: dict[Path, tuple[int, int, int]] = {}
+_verified_lock = threading.Lock()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size)
+
+
+def _remember(path: Path, st: os.stat_result) -> None:
+    with _verified_lock:
+        _verified[path] = _identity(st)
+
+
+def _hashed_before(path: Path, st: os.stat_result) -> bool:
+    with _verified_lock:
+        return _verified.get(path) == _identity(st)
+
+
+def check_cached(
+    cache: Path, checksums: Iterable[str], on_message: Callable[[str], None] | None = None
+) -> list[str]:
+    """Hash the cached files among `checksums` again; remove those that do not match.
+
+    The cache is a plain directory that a disk error, a tool or a person can change
+    after a source verified a file, and a stage gets the file itself (a hard link),
+    so the engine does not trust the name: every file is hashed before the first
+    stage of a build that reads it runs (about a second per 300 MB; fully cached
+    builds read nothing). Returns the removed checksums: they count as missing.
+    """
+    cache = Path(cache)
+    removed = []
+    for checksum in sorted(checksums):
+        path = cache / checksum
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if _hashed_before(path, st):
+                continue
+            if verify_file(path, checksum):
+                _remember(path, st)
+                continue
+        _discard(path)
+        removed.append(checksum)
+        if on_message:
+            on_message(f"source file {checksum} in {cache} does not match its checksum "
+                       "(changed on disk): removed, fetching it again")
+    return removed
+
+
+def _discard(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 # --- host side ---------------------------------------------------------------
 
 
@@ -126,7 +199,9 @@ def fetch(
     Runs `<libdir>/sources/<source_type>` on the host's Python and forwards its
     progress records to `on_progress`. Items already cached are not handed to
     the source at all. On any failure, also Ctrl-C, the child is killed and its
-    temporary files are removed, so the cache holds only verified files.
+    temporary files are removed, so the cache holds only verified files. The
+    source's word is not taken for it: cached items and whatever the source
+    stored are hashed here too (check_cached).
     """
     executable = Path(libdir) / "sources" / source_type
     if "/" in source_type or source_type.startswith(".") or not executable.is_file():
@@ -138,6 +213,7 @@ def fetch(
             raise SourceError(f"{source_type}: {e}") from None
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    check_cached(cache, items)
     missing = {c: item for c, item in items.items() if not (cache / c).is_file()}
     if not missing:
         return
@@ -147,21 +223,24 @@ def fetch(
     with tempfile.TemporaryFile() as stderr:
         # A process group of its own keeps the terminal's Ctrl-C away from
         # the child: the engine decides when and how it ends.
-        proc = subprocess.Popen(
+        # Started through interrupts.popen: an interrupt that lands while the
+        # child starts stops it instead of orphaning the download.
+        proc = interrupts.popen(
             [sys.executable, str(executable)],
+            on_interrupt=_kill,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             process_group=0,
         )
-        with _killed_on(cancel, proc):
-            try:
+        try:
+            with _killed_on(cancel, proc):
                 _talk(proc, request, errors, on_progress)
                 returncode = proc.wait()
-            except BaseException:
-                _kill(proc)
-                _remove_temps(cache, proc.pid)
-                raise
+        except BaseException:
+            _kill(proc)
+            _remove_temps(cache, proc.pid)
+            raise
         if cancel is not None and cancel.is_set():
             _remove_temps(cache, proc.pid)
             raise SourceError(f"{source_type}: cancelled")
@@ -173,6 +252,9 @@ def fetch(
     for checksum in missing:
         if not (cache / checksum).is_file():
             raise SourceError(f"{source_type} finished but did not provide {checksum}")
+        if check_cached(cache, [checksum]):
+            raise SourceError(f"{source_type} stored {checksum} with content that does not "
+                              "match the checksum: removed it")
 
 
 @contextmanager
@@ -275,6 +357,8 @@ class Context:
         self.backoff = _env_number("OSBUILD_SOURCES_BACKOFF", DEFAULT_BACKOFF, float)
         self.timeout = _env_number("OSBUILD_SOURCES_TIMEOUT", DEFAULT_TIMEOUT, float)
         self.workers = max(1, int(_env_number("OSBUILD_SOURCES_WORKERS", DEFAULT_WORKERS, int)))
+        self.max_size = int(_env_number("OSBUILD_SOURCES_MAX_SIZE", DEFAULT_MAX_SIZE, int))
+        self.min_speed = _env_number("OSBUILD_SOURCES_MIN_SPEED", DEFAULT_MIN_SPEED, float)
         # Set when one item failed or the engine went away: the others stop early.
         self.stop = threading.Event()
         self._out = out
@@ -507,20 +591,41 @@ def _stream(
     context: ssl.SSLContext | None,
     ctx: Context,
 ) -> tuple[int, int | None]:
-    """Copy the response body into `tmp` and `h`; map network errors to retryable ones."""
+    """Copy the response body into `tmp` and `h`; map network errors to retryable ones.
+
+    Bodies larger than ctx.max_size and servers slower than ctx.min_speed (over
+    ctx.timeout seconds) are cut off, so no server can fill the disk or hold a
+    build forever.
+    """
     done = 0
     try:
         with urllib.request.urlopen(request, timeout=ctx.timeout, context=context) as resp:
             length = resp.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
+            if total is not None and total > ctx.max_size:
+                raise SourceFailure(f"cannot download {url}: the server announces {total} "
+                                    f"bytes, more than the limit of {_too_big(ctx)}")
+            # read1 returns what one read brings: read(n) would wait for all n
+            # bytes of a dripping server, and the speed check would never run.
+            read = getattr(resp, "read1", resp.read)
             last = 0.0
-            while chunk := resp.read(CHUNK_SIZE):
+            window_start, window_done = time.monotonic(), 0
+            while chunk := read(CHUNK_SIZE):
                 if ctx.stop.is_set():
                     raise SourceFailure(f"download of {url} cancelled")
+                done += len(chunk)
+                if done > ctx.max_size:
+                    raise SourceFailure(f"cannot download {url}: the body is larger than the "
+                                        f"limit of {_too_big(ctx)}")
                 _write(tmp, chunk)
                 h.update(chunk)
-                done += len(chunk)
                 now = time.monotonic()
+                window_done += len(chunk)
+                if now - window_start >= ctx.timeout:
+                    if window_done < ctx.min_speed * (now - window_start):
+                        raise _Retryable(f"cannot download {url}: slower than "
+                                         f"{ctx.min_speed:g} bytes/s for {ctx.timeout:g} s")
+                    window_start, window_done = now, 0
                 if now - last >= PROGRESS_INTERVAL:
                     ctx.progress(checksum, url, done, total)
                     last = now
@@ -537,6 +642,10 @@ def _stream(
         # Resets, timeouts, truncated chunked bodies: all worth another try.
         raise _Retryable(f"cannot download {url}: {_reason(e)}") from None
     return done, total
+
+
+def _too_big(ctx: Context) -> str:
+    return f"{ctx.max_size} bytes (OSBUILD_SOURCES_MAX_SIZE)"
 
 
 class _CacheWriteError(Exception):

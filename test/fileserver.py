@@ -22,6 +22,11 @@ class FileServer:
         self.drops: dict[str, int] = {}  # path -> responses still to cut off mid-body
         self.delay: dict[str, float] = {}  # path -> seconds before answering
         self.stall: set[str] = set()  # paths that send half the body, then hang
+        # Hostile servers (test_downloads.py):
+        self.sequences: dict[str, list[bytes]] = {}  # path -> body of each request; last repeats
+        self.announce: dict[str, int] = {}  # path -> Content-Length to claim instead of the truth
+        self.endless: set[str] = set()  # paths that stream zeros without a length, forever
+        self.drip: dict[str, float] = {}  # path -> seconds between single bytes of the body
         self.requests: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -49,18 +54,51 @@ def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             with state.lock:
                 state.requests[self.path] = state.requests.get(self.path, 0) + 1
+                nth = state.requests[self.path]
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
                 drop = state.drops.get(self.path, 0) > 0
                 if drop:
                     state.drops[self.path] -= 1
             try:
-                self.answer(drop)
+                if not self.answer_hostile(nth):
+                    self.answer(drop)
             except (BrokenPipeError, ConnectionResetError):
                 pass
             finally:
                 with state.lock:
                     state.in_flight -= 1
+
+        def answer_hostile(self, nth: int) -> bool:
+            """Serve the hostile behaviours; False when the path has none."""
+            path = self.path
+            if path in state.endless:
+                self.send_response(200)
+                self.end_headers()
+                self.close_connection = True
+                while not state.closing.is_set():
+                    self.wfile.write(b"\0" * 65536)
+                return True
+            if path in state.sequences:
+                bodies = state.sequences[path]
+                data = bodies[min(nth, len(bodies)) - 1]
+            elif path in state.drip or path in state.announce:
+                data = state.files[path]
+            else:
+                return False
+            self.send_response(200)
+            self.send_header("Content-Length", str(state.announce.get(path, len(data))))
+            self.end_headers()
+            if path in state.drip:
+                for i in range(len(data)):
+                    if state.closing.wait(state.drip[path]):
+                        break
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+            else:
+                self.wfile.write(data)
+            self.close_connection = True
+            return True
 
         def answer(self, drop: bool) -> None:
             time.sleep(state.delay.get(self.path, 0))

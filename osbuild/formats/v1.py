@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..meta import load_meta, raise_if, schema_errors
-from ..model import Input, Manifest, Pipeline, Stage, check_graph
+from ..model import Input, Manifest, Pipeline, Stage, check_graph, source_items
 
 MODULE = {"type": "string", "pattern": "^org\\.osbuild\\.[A-Za-z0-9_.-]+$", "maxLength": 256}
 
@@ -77,7 +77,8 @@ def stage_inputs(stage: Stage, libdir: Path | None) -> None:
             value = {checksum: {} for checksum in value}
         if not isinstance(value, dict):
             raise ManifestError(f"{stage.path}.options.{option}: must be a list of checksums")
-        stage.inputs[input_name] = Input("org.osbuild.files", "org.osbuild.source", value)
+        stage.inputs[input_name] = Input("org.osbuild.files", "org.osbuild.source", value,
+                                         path=f"{stage.path}.options.{option}")
 
 
 def load_pipeline(desc: dict[str, Any], name: str, path: str, runner: str,
@@ -120,7 +121,7 @@ def load(description: dict[str, Any], host_runner: str, libdir: Path | None = No
         pipelines["assembler"] = Pipeline("assembler", "pipeline.assembler", build, runner,
                                           None, [stage])
     check_graph(pipelines)
-    sources = {kind: dict(section.get("urls", section.get("items", {})))
+    sources = {kind: source_items(section)
                for kind, section in description.get("sources", {}).items()}
     manifest = Manifest("1", pipelines, sources, description)
     manifest.compute_ids()

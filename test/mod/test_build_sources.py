@@ -125,8 +125,9 @@ def test_missing_source_for_an_input_is_a_clear_error(osbuild: Osbuild) -> None:
     wanted = sha256(b"nobody provides this")
     manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [consumer(wanted)]}]}
     proc = osbuild.run(manifest, check=False)
-    assert proc.returncode == 1
-    assert f"no source provides {wanted}" in proc.stderr
+    assert proc.returncode == 2  # found by validation, before anything runs
+    assert proc.stderr == (f"osbuild: error: pipelines[0].stages[0].inputs.files.references."
+                           f"{wanted}: no source provides this checksum\n")
 
 
 def test_interrupt_during_background_download_leaves_nothing(osbuild: Osbuild,

@@ -15,7 +15,8 @@ from osbuild import depsolve, formats, inputs, mpp
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REMOVED_KEYS = "/usr/share/keyrings/debian-archive-removed-keys.gpg"
-INLINE = "sha256:" + "0" * 64  # an unrelated item of the template's own
+# An unrelated item of the template's own: empty data, so its checksum is sha256("").
+INLINE = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 TEMPLATE = {
     "version": "2",
