@@ -1,11 +1,13 @@
 """The rootless backend: libguestfs mounts the file systems inside its appliance VM.
 
 The appliance is a small VM booted with the host's kernel (supermin needs one
-installed: linux-image-cloud-amd64 in ci/apt-packages.txt). It runs under TCG
-(LIBGUESTFS_BACKEND=direct, force_tcg), which makes a run take tens of seconds
-instead of the loop backend's two. The
-libguestfs binding is in the system Python (python3-guestfs), so it is driven
-through guestfs_server.py over a pipe.
+installed: linux-image-cloud-amd64 in ci/apt-packages.txt), started directly
+by libguestfs (LIBGUESTFS_BACKEND=direct, no libvirt). It uses KVM only when
+verify.accel's probe has seen KVM run that same host kernel to its end; where
+/dev/kvm exists but guests hang or qemu aborts (the build hosts), it runs under
+TCG (force_tcg), which makes a run take tens of seconds instead of the loop
+backend's two. The libguestfs binding is in the system Python
+(python3-guestfs), so it is driven through guestfs_server.py over a pipe.
 
 The report is the same as the loop backend's: the files the report reads
 (tree.PATHS, bootloader.PATHS) are copied out of the appliance into a scratch
@@ -16,6 +18,7 @@ files are asked for one by one, since an unprivileged copy cannot keep them.
 import contextlib
 import json
 import os
+import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,6 +29,7 @@ from osbuild.image_info.backends import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
 from osbuild.image_info.source import extract_tarball, scratch_dir
 from osbuild.image_info.treeview import Tree
+from verify import accel
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("guestfs_server.py")
@@ -38,11 +42,25 @@ def _environment(scratch: Path) -> dict[str, str]:
     env["LIBGUESTFS_TMPDIR"] = str(scratch)
     # libvirt is neither running nor wanted here: qemu is started directly.
     env.setdefault("LIBGUESTFS_BACKEND", "direct")
-    # KVM is present but broken on the build hosts (qemu aborts), so TCG is the default,
-    # as for verify/boot.py; OSBUILD_BOOT_ACCEL=kvm (or own settings) lets KVM be tried.
-    if env.get("OSBUILD_BOOT_ACCEL", "tcg") != "kvm":
-        env.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+    # The user's own settings win, and spare the probe.
+    if "LIBGUESTFS_BACKEND_SETTINGS" not in env and not _kvm_usable():
+        env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
     return env
+
+
+def _kvm_usable() -> bool:
+    """Whether the appliance may use KVM; libguestfs would take a broken KVM and hang or abort.
+
+    verify.accel boots the host's kernel under KVM, the very kernel the appliance
+    boots, and honours OSBUILD_BOOT_ACCEL=kvm|tcg.
+    """
+    if platform.machine() != "x86_64":
+        # The probe runs qemu-system-x86_64; elsewhere KVM is used only when asked for.
+        return os.environ.get("OSBUILD_BOOT_ACCEL") == "kvm"
+    try:
+        return accel.probe().name == "kvm"
+    except OSError:
+        return False  # no qemu to probe with: libguestfs reports that itself
 
 
 class GuestfsBackend:

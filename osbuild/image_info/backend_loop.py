@@ -9,47 +9,15 @@ errors and on Ctrl-C alike.
 """
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
-from osbuild.devices import _detach, _identity, one_line, run_to_end
+from osbuild.devices import loopback
 from osbuild.errors import OsbuildError
 from osbuild.image_info.backends import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
 from osbuild.image_info.source import scratch_dir, signals_deferred
 from osbuild.image_info.treeview import Tree
-from osbuild.mounts import _mounted
-
-ATTACH_TRIES = 10
-
-
-@contextlib.contextmanager
-def read_only_loop(image: Path, offset: int, size: int | None) -> Iterator[str]:
-    """/dev/loopN for `size` bytes (None: to the end) of `image` from `offset`, read-only."""
-    cmd = ["losetup", "--find", "--show", "--read-only", "--offset", str(offset)]
-    if size is not None:
-        cmd += ["--sizelimit", str(size)]
-    cmd.append(str(image))
-    device = ""
-    for _ in range(ATTACH_TRIES):
-        result, interrupt = run_to_end(cmd)
-        device = result.stdout.strip() if result.returncode == 0 else ""
-        if interrupt is not None:
-            if device:
-                _detach(device, _identity(device), strict=False)
-            raise interrupt
-        # --find may offer a device another process takes first: ask again.
-        if device or "busy" not in result.stderr:
-            break
-    if not device:
-        raise OsbuildError(f"cannot attach {image} to a loop device: {one_line(result.stderr)}")
-    identity = _identity(device)
-    try:
-        yield device
-    except BaseException:
-        _detach(device, identity, strict=False)
-        raise
-    _detach(device, identity, strict=True)
+from osbuild.mounts import mounted
 
 
 class LoopBackend:
@@ -75,21 +43,21 @@ class LoopBackend:
               options: list[str]) -> Unmount:
         path = self._target(target)
         offset, size = (0, None) if part is None else (part.start, part.size)
-        mounted = contextlib.ExitStack()
+        held = contextlib.ExitStack()
         # Attaching and mounting take milliseconds; held together they cannot be cut
         # between a device appearing and its cleanup being registered.
         with signals_deferred():
-            self.stack.enter_context(mounted)
+            self.stack.enter_context(held)
             try:
-                device = mounted.enter_context(read_only_loop(self.image, offset, size))
-                mounted.enter_context(_mounted(target, fstype, device, path, options))
+                device = held.enter_context(loopback(self.image, offset, size, read_only=True))
+                held.enter_context(mounted(target, fstype, device, path, options))
             except OsbuildError as exc:
-                mounted.close()
+                held.close()
                 raise MountFailed(str(exc)) from None
             except BaseException:
-                mounted.close()
+                held.close()
                 raise
-        return mounted.close
+        return held.close
 
     def exists(self, path: str) -> bool:
         return self.view.exists(path)

@@ -7,8 +7,9 @@ running as root and guestfs otherwise.
 
 Finding the tree is the same for both: the largest mountable file system that
 holds an os-release is the root (on btrfs also its `@` or `root` subvolume,
-the usual layouts); then the root's fstab says where the other partitions
-belong (/boot, /var, ...), and those that can be mounted are mounted there.
+the usual layouts), and a bare file system image is the tree with or without
+one; then the root's fstab says where the other partitions belong (/boot,
+/var, ...), and those that can be mounted are mounted there.
 FAT file systems (the ESP) are not mounted: this kernel has no vfat driver,
 and the ESP is read with mtools instead (see bootloader).
 """
@@ -140,7 +141,11 @@ def has_mountable(layout: Layout) -> bool:
 
 
 def mount_os(backend: Backend, layout: Layout) -> Tree | None:
-    """Mount the OS tree of `layout` (root first, then fstab's others); None if there is none."""
+    """Mount the OS tree of `layout` (root first, then fstab's others); None if there is none.
+
+    On a partitioned disk the root is the largest file system with an os-release;
+    a bare file system image is the tree whether it has one or not.
+    """
     if layout.filesystem is not None:
         candidates: list[tuple[Partition | None, Filesystem]] = [(None, layout.filesystem)]
     else:
@@ -159,11 +164,16 @@ def mount_os(backend: Backend, layout: Layout) -> Tree | None:
             break
         subvol = next((s for s in BTRFS_ROOT_SUBVOLUMES
                        if fs.fstype == "btrfs" and _is_root(backend, s + "/")), None)
-        unmount()
         if subvol is not None:
+            unmount()
             _mount(backend, part, fs, "/", [f"subvol={subvol}"])
             root = part
             break
+        if part is None:
+            # A bare file system image is all there is: without an os-release it is
+            # still the tree (a /boot, a tree in the making), and reports what it has.
+            break
+        unmount()
     else:
         return None
     for source, target, _vfstype, options in _fstab(backend):

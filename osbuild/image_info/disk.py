@@ -106,8 +106,8 @@ def _unescape_export(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
 
 
-def probe(image: Path, offset: int = 0, size: int | None = None) -> Filesystem:
-    """The file system at `offset` (for `size` bytes) of `image`, by its superblock."""
+def _blkid(image: Path, offset: int = 0, size: int | None = None) -> dict[str, str]:
+    """What blkid's low-level probe finds at `offset` (for `size` bytes) of `image`."""
     cmd = ["blkid", "-p", "-o", "export", "-O", str(offset)]
     if size is not None:
         cmd += ["-S", str(size)]
@@ -117,9 +117,17 @@ def probe(image: Path, offset: int = 0, size: int | None = None) -> Filesystem:
         key, sep, value = line.partition("=")
         if sep:
             values[key] = _unescape_export(value)
+    return values
+
+
+def _filesystem(values: dict[str, str]) -> Filesystem:
     # blkid says USAGE=filesystem for file systems, other (swap), raid, crypto.
-    fstype = values.get("TYPE")
-    return Filesystem(fstype, values.get("UUID"), values.get("LABEL"))
+    return Filesystem(values.get("TYPE"), values.get("UUID"), values.get("LABEL"))
+
+
+def probe(image: Path, offset: int = 0, size: int | None = None) -> Filesystem:
+    """The file system at `offset` (for `size` bytes) of `image`, by its superblock."""
+    return _filesystem(_blkid(image, offset, size))
 
 
 def _number(node: str, device: str) -> int:
@@ -143,9 +151,14 @@ def layout(image: Path, name: Path | None = None) -> Layout:
     """
     name = name or image
     size = os.stat(image).st_size
+    whole = _blkid(image)
+    fs = _filesystem(whole)
+    # A FAT boot sector ends in 0x55AA like an MBR, so sfdisk takes a bare FAT file
+    # system for an empty dos table; blkid tells the two apart.
+    if fs.fstype is not None and "PTTYPE" not in whole:
+        return Layout(size=size, filesystem=fs)
     proc = run(["sfdisk", "--json", str(image)], f"{name}", check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
-        fs = probe(image)
         if fs.fstype is None:
             raise ImageInfoError(
                 f"{name}: no partition table and no file system found (unknown format)"

@@ -321,6 +321,82 @@ def test_filesystem_image(bios: dict, bios_report: dict, tmp_path: Path) -> None
     assert "grub-menu" not in r
 
 
+@pytest.mark.parametrize("fat_size", ["12", "16", "32"])
+def test_bare_fat_image_is_a_file_system(fat_size: str, tmp_path: Path) -> None:
+    """A FAT boot sector ends in 0x55AA like an MBR; it is still no partition table."""
+    image = tmp_path / "in" / "esp.img"
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "40M", str(image))
+    mk.run("mkfs.fat", "-F", fat_size, "-i", mk.ESP_VOLID, "-n", "ESP", str(image))
+    r = report_of(image, tmp_path)
+    assert r["filesystem"] == {"fstype": "vfat", "uuid": mk.ESP_UUID, "label": "ESP"}
+    assert not {"partition-table", "partition-table-id", "partitions"} & set(r)
+    assert r["bootloader"] == "unknown" and "esp" not in r
+    # vfat cannot be mounted here: no tree keys, but no error either.
+    assert tree_keys(r) == {}
+
+
+def test_empty_dos_table_stays_a_partition_table(tmp_path: Path) -> None:
+    """The other side of the FAT check: a dos label without partitions is still a table."""
+    image = tmp_path / "in" / "empty.img"
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "8M", str(image))
+    mk.run("sfdisk", "-q", str(image), stdin=f"label: dos\nlabel-id: {mk.DOS_ID}\n")
+    r = report_of(image, tmp_path)
+    assert (r["partition-table"], r["partition-table-id"], r["partitions"]) == \
+        ("dos", mk.DOS_ID, [])
+    assert "filesystem" not in r
+
+
+def tree_without_os_release(root: Path) -> None:
+    """What a /boot or a tree in the making holds: configuration, but no os-release."""
+    mk.write(root, "etc/hostname", "bare\n")
+    mk.write(root, "etc/fstab", f"UUID={mk.ROOT_UUID} / ext4 defaults 0 1\n")
+    mk.write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+    mk.write(root, "etc/kernel/cmdline", f"root=UUID={mk.ROOT_UUID}  ro\n")
+    mk.link(root, "etc/localtime", "/usr/share/zoneinfo/Europe/Berlin")
+
+
+@needs_root
+@pytest.mark.parametrize("fstype", ["ext4", "btrfs"])
+def test_filesystem_image_without_os_release(fstype: str, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree_without_os_release(tree)
+    image = tmp_path / "in" / f"root.{fstype}"
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "128M", str(image))
+    if fstype == "ext4":
+        mk.run("mkfs.ext4", "-q", "-U", mk.ROOT_UUID, "-d", str(tree), str(image))
+    else:
+        mk.run("mkfs.btrfs", "-q", "-U", mk.ROOT_UUID, "--rootdir", str(tree), str(image))
+    r = report_of(image, tmp_path)
+    assert r["filesystem"]["fstype"] == fstype
+    assert tree_keys(r) == {
+        "hostname": "bare",
+        "fstab": [[f"UUID={mk.ROOT_UUID}", "/", "ext4", "defaults", "0", "1"]],
+        "passwd": ["root:x:0:0:root:/root:/bin/sh"],
+        "kernel-cmdline": f"root=UUID={mk.ROOT_UUID} ro",
+        "timezone": "Europe/Berlin",
+    }
+
+
+@needs_root
+def test_partition_without_os_release_is_not_taken_for_the_root(tmp_path: Path) -> None:
+    """On a partitioned disk os-release still picks the root: a data partition is no tree."""
+    tree = tmp_path / "tree"
+    tree_without_os_release(tree)
+    fs = tmp_path / "data.ext4"
+    mk.run("mkfs.ext4", "-q", "-U", mk.ROOT_UUID, "-d", str(tree), str(fs), "8M")
+    image = tmp_path / "in" / "disk.img"
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "10M", str(image))
+    mk.run("sfdisk", "-q", str(image), stdin="label: dos\nstart=2048, type=83\n")
+    mk.place(image, fs, mk.MIB)
+    r = report_of(image, tmp_path)
+    assert r["partitions"][0]["fstype"] == "ext4"
+    assert tree_keys(r) == {}
+
+
 # --- trees: a directory and tarballs ------------------------------------------------------
 
 
@@ -498,6 +574,75 @@ def test_tree_resolution_stays_inside(tmp_path: Path) -> None:
 
 
 # --- libguestfs and the real sample ------------------------------------------------------
+
+
+class GuestfsEnv:
+    """backend_guestfs's environment for the appliance, with a chosen KVM probe result."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        from osbuild.image_info import backend_guestfs
+
+        self.module = backend_guestfs
+        self.monkeypatch = monkeypatch
+        self.probes: list[str] = []
+        for name in ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "OSBUILD_BOOT_ACCEL"):
+            monkeypatch.delenv(name, raising=False)
+
+    def __call__(self, kvm: bool, machine: str = "x86_64") -> dict[str, str]:
+        from verify import accel
+
+        def probe() -> accel.Accel:
+            self.probes.append(machine)
+            return accel.KVM if kvm else accel.TCG
+
+        self.monkeypatch.setattr(self.module.accel, "probe", probe)
+        self.monkeypatch.setattr(self.module.platform, "machine", lambda: machine)
+        return self.module._environment(Path("/scratch"))
+
+
+@pytest.fixture
+def guestfs_env(monkeypatch: pytest.MonkeyPatch) -> GuestfsEnv:
+    return GuestfsEnv(monkeypatch)
+
+
+def test_guestfs_uses_tcg_unless_the_kvm_probe_passes(guestfs_env: GuestfsEnv) -> None:
+    env = guestfs_env(kvm=False)
+    assert env["LIBGUESTFS_BACKEND"] == "direct"
+    assert env["LIBGUESTFS_BACKEND_SETTINGS"] == "force_tcg"
+    assert env["LIBGUESTFS_TMPDIR"] == "/scratch"
+    assert "LIBGUESTFS_BACKEND_SETTINGS" not in guestfs_env(kvm=True)
+    assert guestfs_env.probes == ["x86_64", "x86_64"]
+
+
+def test_guestfs_own_settings_skip_the_probe(guestfs_env: GuestfsEnv,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_kvm")
+    assert guestfs_env(kvm=False)["LIBGUESTFS_BACKEND_SETTINGS"] == "force_kvm"
+    assert guestfs_env.probes == []
+
+
+def test_guestfs_off_x86_uses_kvm_only_when_asked(guestfs_env: GuestfsEnv,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert guestfs_env(kvm=True, machine="aarch64")["LIBGUESTFS_BACKEND_SETTINGS"] == "force_tcg"
+    monkeypatch.setenv("OSBUILD_BOOT_ACCEL", "kvm")
+    assert "LIBGUESTFS_BACKEND_SETTINGS" not in guestfs_env(kvm=False, machine="aarch64")
+    assert guestfs_env.probes == []
+
+
+def test_guestfs_probe_honours_osbuild_boot_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real probe, with its override: no qemu is started for either answer."""
+    from osbuild.image_info import backend_guestfs
+    from verify import accel
+
+    monkeypatch.delenv("LIBGUESTFS_BACKEND_SETTINGS", raising=False)
+    monkeypatch.setattr(backend_guestfs.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(accel, "kvm_runs_kernel", lambda *a: pytest.fail("probed"))
+    for wanted, settings in (("tcg", "force_tcg"), ("kvm", None)):
+        monkeypatch.setenv("OSBUILD_BOOT_ACCEL", wanted)
+        accel.probe.cache_clear()
+        env = backend_guestfs._environment(Path("/scratch"))
+        assert env.get("LIBGUESTFS_BACKEND_SETTINGS") == settings
+    accel.probe.cache_clear()
 
 
 @pytest.mark.slow

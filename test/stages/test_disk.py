@@ -14,7 +14,6 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
 import time
 import uuid
 from importlib.machinery import SourceFileLoader
@@ -24,12 +23,25 @@ from typing import Any
 import jsonschema
 import pytest
 from harness import Osbuild
+from imagecheck import (
+    SECTOR,
+    boot_until,
+    check_grub,
+    debugfs,
+    expected_grub,
+    fat,
+    leaks,
+    mdir,
+    mtype,
+    probe,
+    sh,
+    table,
+)
 from stagetest import LIBDIR, load_meta, run_stage
 
 from osbuild.disklib import partition_uuid
 
 MiB = 1024 * 1024
-SECTOR = 512
 ROOT_UUID = "6e4ff95f-f662-45ee-a82a-bdf44a2d0b75"
 SRV_UUID = "0c8d3bd5-4c5e-4d6b-9b2f-63a8b1e8b7a1"
 DISK_UUID = "d21a7c8e-0f3e-4d6e-8a53-0e1d2c3b4a59"
@@ -92,46 +104,6 @@ def mount(name: str, fstype: str, target: str, **options: Any) -> dict[str, Any]
             **({"options": options} if options else {})}
 
 
-def leaks(workdir: Path) -> list[str]:
-    """Loop devices and mounts that still refer to this test's files (tests run in parallel)."""
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
-                            text=True).stdout
-    return [line for line in (loops + mounts).splitlines() if str(workdir) in line]
-
-
-def sh(*cmd: str) -> str:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=True).stdout
-
-
-def table(image: Path) -> dict[str, Any]:
-    return json.loads(sh("sfdisk", "--json", str(image)))["partitiontable"]
-
-
-def probe(image: Path, start: int) -> dict[str, str]:
-    """blkid's low-level probe of the file system at sector `start`."""
-    out = sh("blkid", "-p", "-O", str(start * SECTOR), "-o", "export", str(image))
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def debugfs_cat(image: Path, start: int, path: str) -> str:
-    return sh("debugfs", "-R", f"cat {path}", f"{image}?offset={start * SECTOR}")
-
-
-def fat(image: Path, start: int) -> str:
-    return f"{image}@@{start * SECTOR}"
-
-
-def mtype(image: Path, start: int, path: str) -> bytes:
-    return subprocess.run(["mtype", "-i", fat(image, start), f"::{path}"], capture_output=True,
-                          check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
-
-
-def mdir(image: Path, start: int, path: str) -> list[str]:
-    out = sh("mdir", "-b", "-i", fat(image, start), f"::{path}")
-    return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines())
-
-
 def grub_stage_module() -> Any:
     """The grub2 stage as a module, to test its version order directly."""
     loader = SourceFileLoader("grub2_stage", str(LIBDIR / "stages/org.osbuild.grub2"))
@@ -140,31 +112,6 @@ def grub_stage_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
-
-
-def expected_grub(prefix: str, modules: list[str], location: int) -> tuple[bytes, bytes]:
-    """(MBR code, core.img) as grub2.inst must write them, made here independently."""
-    with tempfile.TemporaryDirectory() as tmp:
-        core = Path(tmp) / "core.img"
-        sh("grub-mkimage", "-O", "i386-pc", "-d", "/usr/lib/grub/i386-pc", "-p", prefix,
-           "-C", "auto", "-o", str(core), *modules)
-        core_bytes = bytearray(core.read_bytes())
-    boot = bytearray(Path("/usr/lib/grub/i386-pc/boot.img").read_bytes()[:440])
-    # boot.img's kernel sector (0x5c) and core.img's blocklist start (0x1f4): 8 bytes LE.
-    assert struct.unpack_from("<Q", boot, 0x5C)[0] == 1
-    struct.pack_into("<Q", boot, 0x5C, location)
-    start, count, segment = struct.unpack_from("<QHH", core_bytes, 0x1F4)
-    assert (start, count, segment) == (2, -(-len(core_bytes) // SECTOR) - 1, 0x820)
-    struct.pack_into("<Q", core_bytes, 0x1F4, location + 1)
-    return bytes(boot), bytes(core_bytes)
-
-
-def check_grub_install(image: Path, prefix: str, modules: list[str], location: int) -> None:
-    boot, core = expected_grub(prefix, modules, location)
-    data = image.read_bytes()[: (location + 2048) * SECTOR]
-    assert data[:440] == boot
-    assert data[location * SECTOR: location * SECTOR + len(core)] == core
-    assert data[510:512] == b"\x55\xaa"
 
 
 def qemu_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
@@ -276,15 +223,14 @@ def test_dos_file_systems_and_content(dos_image: Path) -> None:
     assert (esp["TYPE"], esp["UUID"], esp["LABEL"]) == ("vfat", "7B77-95E7", "ESP")
     assert esp["VERSION"] == "FAT16"
     # The tree went into the mounted ext4 with org.osbuild.copy: content, modes, links.
-    assert debugfs_cat(image, DOS_ROOT[0], "/etc/hostname") == "disk-test\n"
-    stat = sh("debugfs", "-R", "stat /etc/shadow-test", f"{image}?offset={DOS_ROOT[0] * SECTOR}")
+    assert debugfs(image, DOS_ROOT[0], "cat /etc/hostname") == "disk-test\n"
+    stat = debugfs(image, DOS_ROOT[0], "stat /etc/shadow-test")
     assert "Mode:  0600" in stat
-    link = sh("debugfs", "-R", "stat /etc/hostname-link", f"{image}?offset={DOS_ROOT[0] * SECTOR}")
+    link = debugfs(image, DOS_ROOT[0], "stat /etc/hostname-link")
     assert 'Fast link dest: "hostname"' in link
-    cfg = debugfs_cat(image, DOS_ROOT[0], "/boot/grub/grub.cfg")
+    cfg = debugfs(image, DOS_ROOT[0], "cat /boot/grub/grub.cfg")
     assert f"search --no-floppy --fs-uuid --set=root {ROOT_UUID}" in cfg
-    assert "normal.mod" in sh("debugfs", "-R", "ls -l /boot/grub/i386-pc",
-                              f"{image}?offset={DOS_ROOT[0] * SECTOR}")
+    assert "normal.mod" in debugfs(image, DOS_ROOT[0], "ls -l /boot/grub/i386-pc")
 
 
 @pytest.mark.slow
@@ -302,7 +248,7 @@ def test_dos_esp_filled_with_mtools(dos_image: Path) -> None:
 @pytest.mark.slow
 def test_dos_grub_bios_install(dos_image: Path) -> None:
     image = dos_image / "image/disk.img"
-    check_grub_install(image, "(,msdos1)/boot/grub", ["biosdisk", "part_msdos", "ext2"], 1)
+    check_grub(image, "(,msdos1)/boot/grub", ["biosdisk", "part_msdos", "ext2"], 1)
     data = image.read_bytes()[:512]
     assert data[440:444] == bytes.fromhex("4d3c2b1a")  # the disk id sfdisk wrote stays
     assert table(image)["partitions"][0]["start"] == DOS_ROOT[0]
@@ -339,8 +285,7 @@ def test_dos_image_boots_to_the_grub_menu(dos_image: Path, tmp_path: Path) -> No
     which GRUB refuses as too short: the entry's search and paths are right.
     """
     log = tmp_path / "serial.log"
-    assert boot_until(["-drive", f"file={dos_image / 'image/disk.img'},format=raw,snapshot=on"],
-                      log, "you need to load the kernel first"), \
+    assert boot_until(dos_image / "image/disk.img", log, "you need to load the kernel first"), \
         log.read_text(errors="replace")[-2000:]
     text = log.read_text(errors="replace")
     menu = [text.index(f"Debian GNU/Linux, with Linux {v} ") for v in reversed(KERNELS)]
@@ -348,25 +293,6 @@ def test_dos_image_boots_to_the_grub_menu(dos_image: Path, tmp_path: Path) -> No
     assert f"Loading Linux {KERNELS[2]} ..." in text
     assert f"error: premature end of file /boot/vmlinuz-{KERNELS[2]}." in text
     assert "no such device" not in text and "not found" not in text
-
-
-def boot_until(drive: list[str], log: Path, wanted: str, firmware: list[str] | None = None,
-               timeout: float = 90) -> bool:
-    """Boot qemu (TCG) until `wanted` shows on the serial console, then stop it."""
-    cmd = ["qemu-system-x86_64", "-machine", "accel=tcg", "-m", "256", "-nodefaults",
-           "-display", "none", "-serial", f"file:{log}", *(firmware or []), *drive]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.exists() and wanted in log.read_text(errors="replace"):
-                return True
-            time.sleep(0.5)
-        return log.exists() and wanted in log.read_text(errors="replace")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # --- a gpt image: BIOS boot partition, FAT ESP, xfs root, btrfs /srv -------------------
@@ -471,7 +397,7 @@ def test_gpt_file_systems(gpt_image: tuple[Path, dict]) -> None:
 def test_gpt_grub_in_bios_boot_partition(gpt_image: tuple[Path, dict]) -> None:
     out, _ = gpt_image
     image = out / "image/disk.img"
-    check_grub_install(image, "(,gpt3)/boot/grub", ["biosdisk", "part_gpt", "xfs"], GPT_BIOS[0])
+    check_grub(image, "(,gpt3)/boot/grub", ["biosdisk", "part_gpt", "xfs"], GPT_BIOS[0])
     mbr = image.read_bytes()[:512]
     assert mbr[446 + 4] == 0xEE  # the protective MBR entry stays
     assert table(image)["id"] == DISK_UUID.upper()  # the GPT was not touched
@@ -496,8 +422,7 @@ def test_gpt_image_boots_uefi_to_the_grub_menu(gpt_image: tuple[Path, dict],
     log = tmp_path / "serial.log"
     firmware = ["-bios", "/usr/share/ovmf/OVMF.fd"]
     menu = f"Debian GNU/Linux, with Linux {KERNELS[2]}"
-    assert boot_until(["-drive", f"file={out / 'image/disk.img'},format=raw,snapshot=on"],
-                      log, menu, firmware=firmware, timeout=240), \
+    assert boot_until(out / "image/disk.img", log, menu, firmware=firmware, timeout=240), \
         log.read_text(errors="replace")[-2000:]
 
 
@@ -880,7 +805,7 @@ def test_grub2_inst_core_fills_the_gap_exactly(tmp_path: Path) -> None:
     work.mkdir()
     result = run_stage("org.osbuild.grub2.inst", inst_options("dos"), tmp_path / "tree", work)
     assert result.returncode == 0, result.tail
-    check_grub_install(image, "(,msdos1)/boot/grub", ["biosdisk", "part_msdos", "ext2"], 1)
+    check_grub(image, "(,msdos1)/boot/grub", ["biosdisk", "part_msdos", "ext2"], 1)
 
 
 # --- mtools.copy on an image file, and what FAT cannot hold -------------------------------

@@ -13,9 +13,7 @@ import json
 import lzma
 import os
 import re
-import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +22,21 @@ from typing import Any
 import jsonschema
 import pytest
 from harness import Osbuild
+from imagecheck import (
+    SECTOR,
+    boot_until,
+    check_grub,
+    debugfs,
+    leaks,
+    mdir,
+    mtype,
+    probe,
+    sh,
+    table,
+)
 from stagetest import load_meta, run_stage
 
 MiB = 1024 * 1024
-SECTOR = 512
 EPOCH = 1_700_000_000
 KERNEL = "6.1.0-10-amd64"
 ROOT_UUID = "6e4ff95f-f662-45ee-a82a-bdf44a2d0b75"
@@ -125,18 +134,6 @@ GPT_GRUB = grub_options(boot_fs_uuid=BOOT_UUID, uefi={"vendor": "debian", "insta
 # --- tools ----------------------------------------------------------------------------------
 
 
-def sh(*cmd: str) -> str:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=True).stdout
-
-
-def leaks(workdir: Path) -> list[str]:
-    """Loop devices and mounts that still refer to this test's files."""
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET,SOURCE"], capture_output=True,
-                            text=True).stdout
-    return [line for line in (loops + mounts).splitlines() if str(workdir) in line]
-
-
 def assemble(osbuild: Osbuild, m: dict[str, Any], out: str = "output") -> Path:
     """Build `m` and export the assembler; return the image."""
     output = osbuild.workdir / out
@@ -148,34 +145,10 @@ def assemble(osbuild: Osbuild, m: dict[str, Any], out: str = "output") -> Path:
     return files[0]
 
 
-def table(image: Path) -> dict[str, Any]:
-    return json.loads(sh("sfdisk", "--json", str(image)))["partitiontable"]
-
-
-def probe(image: Path, start: int) -> dict[str, str]:
-    out = sh("blkid", "-p", "-O", str(start * SECTOR), "-o", "export", str(image))
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def debugfs(image: Path, start: int, command: str) -> str:
-    return sh("debugfs", "-R", command, f"{image}?offset={start * SECTOR}")
-
-
 def names(listing: str) -> list[str]:
     """Entry names of a `debugfs ls -l` listing, without . and .."""
     found = [line.split()[-1] for line in listing.splitlines() if line.strip()]
     return sorted(n for n in found if n not in (".", ".."))
-
-
-def mdir(image: Path, start: int, path: str) -> list[str]:
-    out = sh("mdir", "-b", "-i", f"{image}@@{start * SECTOR}", f"::{path}")
-    return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines())
-
-
-def mtype(image: Path, start: int, path: str) -> bytes:
-    return subprocess.run(["mtype", "-i", f"{image}@@{start * SECTOR}", f"::{path}"],
-                          capture_output=True, check=True,
-                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
 
 
 @contextlib.contextmanager
@@ -192,50 +165,6 @@ def mounted(image: Path, start: int, size: int, mountpoint: Path) -> Iterator[Pa
             subprocess.run(["umount", str(mountpoint)], check=True)
     finally:
         subprocess.run(["losetup", "-d", dev], check=True)
-
-
-def expected_grub(prefix: str, modules: list[str], location: int) -> tuple[bytes, bytes]:
-    """(MBR boot code, core.img) as they must be on disk, made here independently."""
-    with tempfile.TemporaryDirectory() as tmp:
-        core_path = Path(tmp) / "core.img"
-        sh("grub-mkimage", "-O", "i386-pc", "-d", "/usr/lib/grub/i386-pc", "-p", prefix,
-           "-C", "auto", "-o", str(core_path), *modules)
-        core = bytearray(core_path.read_bytes())
-    boot = bytearray(Path("/usr/lib/grub/i386-pc/boot.img").read_bytes()[:440])
-    struct.pack_into("<Q", boot, 0x5C, location)  # boot.img: where core.img starts
-    start, count, segment = struct.unpack_from("<QHH", core, 0x1F4)
-    assert (start, count, segment) == (2, -(-len(core) // SECTOR) - 1, 0x820)
-    struct.pack_into("<Q", core, 0x1F4, location + 1)  # core.img: where its rest starts
-    return bytes(boot), bytes(core)
-
-
-def check_grub(image: Path, prefix: str, modules: list[str], location: int) -> None:
-    boot, core = expected_grub(prefix, modules, location)
-    with open(image, "rb") as f:
-        data = f.read((location + 2048) * SECTOR)
-    assert data[:440] == boot
-    assert data[location * SECTOR: location * SECTOR + len(core)] == core
-    assert data[510:512] == b"\x55\xaa"
-
-
-def boot_until(image: Path, log: Path, wanted: str, firmware: list[str] | None = None,
-               timeout: float = 120) -> bool:
-    """Boot qemu (TCG) on a snapshot of `image` until `wanted` is on the serial console."""
-    cmd = ["qemu-system-x86_64", "-machine", "accel=tcg", "-m", "256", "-nodefaults",
-           "-display", "none", "-serial", f"file:{log}", *(firmware or []),
-           "-drive", f"file={image},format=raw,snapshot=on"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.exists() and wanted in log.read_text(errors="replace"):
-                return True
-            time.sleep(0.5)
-        return log.exists() and wanted in log.read_text(errors="replace")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
