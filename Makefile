@@ -64,7 +64,7 @@ check-vm: setup
 	$(PY) -m pytest -n $(JOBS) -q test/vm $(PYTEST_ARGS)
 
 # Stages, sources, assemblers and runners are extensionless Python: name them.
-EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/*))
+EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/* test/data/stages/* test/data/assemblers/*)) ci/etc-snapshot ci/stage-gate
 
 lint: setup
 	$(VENV)/bin/ruff check osbuild verify test bench $(EXECUTABLES)
