@@ -31,9 +31,10 @@ def libdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (ROOT / part).is_dir():
             shutil.copytree(ROOT / part, lib / part, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__"))
-    (lib / "stages").mkdir(exist_ok=True)
-    for stage in (ROOT / "test/data/stages").iterdir():
-        shutil.copy2(stage, lib / "stages" / stage.name)
+    for kind in ("stages", "assemblers"):  # test-only modules beside the real ones
+        (lib / kind).mkdir(exist_ok=True)
+        for module in (ROOT / "test/data" / kind).iterdir():
+            shutil.copy2(module, lib / kind / module.name)
     return lib
 
 

@@ -4,6 +4,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -123,7 +124,13 @@ def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    state = FileServer()
+    with serving(FileServer()) as state:
+        yield state
+
+
+@contextmanager
+def serving(state: FileServer) -> Iterator[FileServer]:
+    """Serve `state` on a free port of 127.0.0.1 until the block ends."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]

@@ -22,12 +22,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fileserver import FileServer, make_handler, sha256
+from fileserver import FileServer, serving, sha256
 
 from osbuild.fsutil import remove_tree
 from osbuild.objectstore import ObjectStore
@@ -326,18 +325,8 @@ def files_server() -> Iterator[FileServer]:
         state.add(path, data)
     for path in SHARED:
         state.delay[path] = 0.3  # several builds are mid-download of it at once
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(state):
         yield state
-    finally:
-        state.closing.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +359,11 @@ def mounted_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]
                 subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
+    # The kernel may finish the detach (and the file system's last references)
+    # a moment after losetup returns: allow it a few seconds.
+    deadline = time.monotonic() + 10
+    while leaks(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert leaks(tmp_path) == []
 
 

@@ -29,19 +29,9 @@ MiB = 1024 * 1024
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
 
 
-@pytest.fixture(scope="module")
-def failures_libdir(libdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test libdir plus the test-only assemblers of test/data/assemblers."""
-    lib = tmp_path_factory.mktemp("failures-libdir") / "lib"
-    shutil.copytree(libdir, lib, symlinks=True)
-    for path in (ROOT / "test/data/assemblers").iterdir():
-        shutil.copy2(path, lib / "assemblers" / path.name)
-    return lib
-
-
 @pytest.fixture
-def osb(failures_libdir: Path, tmp_path: Path) -> Osbuild:
-    return Osbuild(failures_libdir, tmp_path)
+def osb(osbuild: Osbuild) -> Osbuild:
+    return osbuild
 
 
 @pytest.fixture
