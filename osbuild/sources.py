@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from . import interrupts
+from . import interrupts, keepalive
 from .errors import ModuleNotFound, SourceError
 
 CHECKSUM_PATTERN = r"^(md5|sha1|sha256|sha384|sha512):[0-9a-f]{32,128}$"
@@ -599,7 +599,7 @@ def _stream(
     """
     done = 0
     try:
-        with urllib.request.urlopen(request, timeout=ctx.timeout, context=context) as resp:
+        with _open(request, context, ctx) as resp:
             length = resp.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
             if total is not None and total > ctx.max_size:
@@ -642,6 +642,14 @@ def _stream(
         # Resets, timeouts, truncated chunked bodies: all worth another try.
         raise _Retryable(f"cannot download {url}: {_reason(e)}") from None
     return done, total
+
+
+def _open(request: urllib.request.Request, context: ssl.SSLContext | None,
+          ctx: Context) -> Any:
+    """A response for `request`: over a kept-alive connection where possible."""
+    if keepalive.proxied(request.full_url):
+        return urllib.request.urlopen(request, timeout=ctx.timeout, context=context)
+    return keepalive.get(request.full_url, ctx.timeout, context, dict(request.header_items()))
 
 
 def _too_big(ctx: Context) -> str:

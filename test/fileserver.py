@@ -29,6 +29,10 @@ class FileServer:
         self.endless: set[str] = set()  # paths that stream zeros without a length, forever
         self.drip: dict[str, float] = {}  # path -> seconds between single bytes of the body
         self.requests: dict[str, int] = {}
+        # HTTP/1.1 keeps connections alive, as mirrors do; `connections` counts them.
+        self.connections = 0
+        self.redirects: dict[str, str] = {}  # path -> where a 302 sends the client
+        self.drop_idle = False  # close every connection after one answer, without saying so
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -49,8 +53,15 @@ class FileServer:
 
 def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections += 1
 
         def do_GET(self) -> None:
             with state.lock:
@@ -103,6 +114,12 @@ def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def answer(self, drop: bool) -> None:
             time.sleep(state.delay.get(self.path, 0))
+            if self.path in state.redirects:
+                self.send_response(302)
+                self.send_header("Location", state.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             data = state.files.get(self.path)
             if data is None:
                 self.send_error(404, "Not Found")
@@ -118,6 +135,10 @@ def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self.wfile.write(data)
+            if state.drop_idle:
+                # Like a server whose keep-alive timeout expired: the client
+                # learns it only when it sends the next request.
+                self.close_connection = True
 
     return Handler
 
