@@ -70,10 +70,7 @@ def section_problems(stage: Stage, schema_2: dict[str, Any], checksums: set[str]
             problems += reference_problems(inp.references, checksums, f"{path}.references")
     for name, dev in stage.devices.items():
         path = f"{stage.path}.devices.{name}"
-        if dev.type not in devices.SCHEMAS:
-            problems.append(f"{path}.type: unknown device type '{dev.type}'")
-        else:
-            problems += schema_errors(dev.options, devices.SCHEMAS[dev.type], f"{path}.options")
+        problems += typed_options("device", dev.type, dev.options, devices.SCHEMAS, path)
         if dev.parent and dev.parent not in stage.devices:
             problems.append(f"{path}.parent: unknown device '{dev.parent}'")
     problems += parent_loops(stage)
@@ -83,10 +80,7 @@ def section_problems(stage: Stage, schema_2: dict[str, Any], checksums: set[str]
         if mount.name in seen:
             problems.append(f"{path}.name: duplicate mount name '{mount.name}'")
         seen.add(mount.name)
-        if mount.type not in mounts.SCHEMAS:
-            problems.append(f"{path}.type: unknown mount type '{mount.type}'")
-        else:
-            problems += schema_errors(mount.options, mounts.SCHEMAS[mount.type], f"{path}.options")
+        problems += typed_options("mount", mount.type, mount.options, mounts.SCHEMAS, path)
         if mount.source and mount.source not in stage.devices:
             problems.append(f"{path}.source: unknown device '{mount.source}'")
         if ".." in mount.target.split("/"):
@@ -98,6 +92,14 @@ def section_problems(stage: Stage, schema_2: dict[str, Any], checksums: set[str]
             problems = [inp.path + p[len(written):] if p.startswith(written) else p
                         for p in problems]
     return problems
+
+
+def typed_options(kind: str, type_: str, options: Any, schemas: dict[str, Any],
+                  path: str) -> list[str]:
+    """Devices and mounts: a known type, and options its schema accepts."""
+    if type_ not in schemas:
+        return [f"{path}.type: unknown {kind} type '{type_}'"]
+    return schema_errors(options, schemas[type_], f"{path}.options")
 
 
 def parent_loops(stage: Stage) -> list[str]:

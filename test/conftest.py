@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ sys.path.insert(0, str(ROOT / "test"))
 pytest_plugins = ["fileserver"]  # the `server` fixture: a local HTTP server
 
 from harness import Osbuild  # noqa: E402  (after the sys.path set-up above)
+
+from osbuild.fsutil import remove_tree  # noqa: E402
 
 LIBDIR_PARTS = ("osbuild", "stages", "assemblers", "sources", "runners")
 
@@ -44,7 +47,7 @@ def osbuild(libdir: Path, tmp_path: Path) -> Osbuild:
 
 
 @pytest.fixture(scope="session")
-def default_sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The default sample, pinned from its template and built once per session.
 
     Under pytest-xdist each worker builds its own (they share no session);
@@ -58,6 +61,8 @@ def default_sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
            "--output-directory", str(work / "out"), "--export", "qcow2", str(manifest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"manifest": json.loads(manifest.read_text()), "result": json.loads(proc.stdout),
-            "image": work / "out/qcow2/debian13.qcow2", "store": work / "store",
-            "command": cmd}
+    yield {"manifest": json.loads(manifest.read_text()), "result": json.loads(proc.stdout),
+           "image": work / "out/qcow2/debian13.qcow2", "store": work / "store",
+           "command": cmd}
+    # Some 2 GB per worker: pytest keeps its last three runs' temp dirs.
+    remove_tree(work)
