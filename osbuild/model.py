@@ -189,3 +189,14 @@ def depth_first(pipelines: dict[str, Pipeline], roots: list[str]) -> list[str]:
                 chain.append(dep)
                 todo.append(iter(pipelines[dep].dependencies()))
     return list(done)
+
+
+def finish_manifest(version: str, pipelines: dict[str, Pipeline],
+                    description: dict[str, Any]) -> Manifest:
+    """What both format loaders end with: a checked graph, the sources, the ids."""
+    check_graph(pipelines)
+    sources = {kind: source_items(section)
+               for kind, section in description.get("sources", {}).items()}
+    manifest = Manifest(version, pipelines, sources, description)
+    manifest.compute_ids()
+    return manifest

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..meta import load_meta, raise_if, schema_errors
-from ..model import Input, Manifest, Pipeline, Stage, check_graph, source_items
+from ..model import Input, Manifest, Pipeline, Stage, finish_manifest
 
 MODULE = {"type": "string", "pattern": "^org\\.osbuild\\.[A-Za-z0-9_.-]+$", "maxLength": 256}
 
@@ -120,12 +120,7 @@ def load(description: dict[str, Any], host_runner: str, libdir: Path | None = No
                       kind="assemblers", inputs={"tree": tree_input})
         pipelines["assembler"] = Pipeline("assembler", "pipeline.assembler", build, runner,
                                           None, [stage])
-    check_graph(pipelines)
-    sources = {kind: source_items(section)
-               for kind, section in description.get("sources", {}).items()}
-    manifest = Manifest("1", pipelines, sources, description)
-    manifest.compute_ids()
-    return manifest
+    return finish_manifest("1", pipelines, description)
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

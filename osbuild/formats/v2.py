@@ -4,7 +4,7 @@ import copy
 from typing import Any
 
 from ..meta import raise_if, schema_errors
-from ..model import Device, Input, Manifest, Mount, Pipeline, Stage, check_graph, source_items
+from ..model import Device, Input, Manifest, Mount, Pipeline, Stage, finish_manifest
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$", "maxLength": 256}
 MODULE = {"type": "string", "pattern": "^org\\.osbuild\\.[A-Za-z0-9_.-]+$", "maxLength": 256}
@@ -151,12 +151,7 @@ def load(description: dict[str, Any], host_runner: str) -> Manifest:
                   for j, s in enumerate(desc.get("stages", []))]
         pipelines[name] = Pipeline(name, path, build, runner, desc.get("source-epoch"), stages)
     raise_if(problems)
-    check_graph(pipelines)
-    sources = {kind: source_items(section)
-               for kind, section in description.get("sources", {}).items()}
-    manifest = Manifest("2", pipelines, sources, description)
-    manifest.compute_ids()
-    return manifest
+    return finish_manifest("2", pipelines, description)
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:
