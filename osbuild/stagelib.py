@@ -87,9 +87,11 @@ def make_dirs(root: str, path: str, mode: int = 0o755) -> str:
     return os.path.join(root, *parts)
 
 
-def write_file(root: str, path: str, content: str, mode: int = 0o644) -> str:
-    """Write `content` to `path` in the tree at `root` with exactly `mode`; return its host path.
+def write_file(root: str, path: str, content: "str | bytes", mode: int = 0o644,
+               owner: tuple[int, int] | None = None) -> str:
+    """Write `content` (text or bytes) to `path` in the tree at `root`; return its host path.
 
+    The file gets exactly `mode` and, when given, `owner` as (uid, gid).
     Whatever is at `path` is replaced, never written through: a symlink there
     gives way to the new file, so its target (maybe outside the tree, maybe a
     file another package owns) is untouched. Missing parents are made by make_dirs.
@@ -104,9 +106,11 @@ def write_file(root: str, path: str, content: str, mode: int = 0o644) -> str:
         os.unlink(target)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, mode)  # os.open's mode is filtered by the umask
-        f.write(content)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        f.write(content.encode("utf-8") if isinstance(content, str) else content)
     return target
 
 
