@@ -66,8 +66,9 @@ def run(cmd: Sequence[str], what: str, *, env: Mapping[str, str] | None = None,
                 text=stdout is None,
             )
             if stdout is not None:  # binary: the output went to a file
+                err: bytes = proc.stderr
                 proc = subprocess.CompletedProcess(
-                    args, proc.returncode, "", proc.stderr.decode("utf-8", "replace"))
+                    args, proc.returncode, "", err.decode("utf-8", "replace"))
     except FileNotFoundError:
         osbuild.api.fail(f"{what}: {args[0]} is not installed in the build root")
     failed = proc.returncode != 0
