@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, Any
 
 import osbuild.api
 
@@ -66,9 +66,9 @@ def run(cmd: Sequence[str], what: str, *, env: Mapping[str, str] | None = None,
                 text=stdout is None,
             )
             if stdout is not None:  # binary: the output went to a file
-                err: bytes = proc.stderr
+                raw: Any = proc.stderr
                 proc = subprocess.CompletedProcess(
-                    args, proc.returncode, "", err.decode("utf-8", "replace"))
+                    args, proc.returncode, "", raw.decode("utf-8", "replace"))
     except FileNotFoundError:
         osbuild.api.fail(f"{what}: {args[0]} is not installed in the build root")
     failed = proc.returncode != 0
