@@ -26,20 +26,23 @@ ERROR_WORDS = ("error", "fail", "cannot", "can't", "unable", "invalid", "no such
 def reason(text: str, code: int | None = None) -> str:
     """The line of a tool's output that says what went wrong.
 
-    Tools often follow their error with usage text or detail, so the first line
-    that says it is an error wins; else the last line, which is where a tool
-    that only says one thing says it. The whole output is in the build log.
+    Tools often follow their error with usage text or detail, so usage text is
+    left out and the first line that says it is an error wins; else the last
+    line, which is where a tool that only says one thing says it. The whole
+    output is in the build log.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return f"exit status {code}" if code is not None else "no error output"
+    usage = next((i for i, line in enumerate(lines) if line.lower().startswith("usage:")), 0)
+    lines = lines[:usage] or lines
     return next((line for line in lines if any(w in line.lower() for w in ERROR_WORDS)),
                 lines[-1])
 
 
 def run(cmd: Sequence[str], what: str, *, env: Mapping[str, str] | None = None,
         stdin: "str | IO[bytes] | None" = None, stdout: "IO[bytes] | None" = None,
-        stream: bool = False, log: bool = False, check: bool = True,
+        stream: bool = False, log: bool = False, check: bool = True, quiet: bool = False,
         ) -> subprocess.CompletedProcess[str]:
     """Run a tool for `what` (e.g. "partitioning /dev/loop0"); return its result.
 
@@ -50,7 +53,9 @@ def run(cmd: Sequence[str], what: str, *, env: Mapping[str, str] | None = None,
     output goes to the log on success too (warnings worth keeping). `stdin` is
     text to feed the tool or a file to read from; `stdout` a file to write the
     tool's output to instead of capturing it. `check=False` returns a failed
-    result for the caller to judge (a missing tool still ends the stage).
+    result for the caller to judge (a missing tool still ends the stage);
+    `quiet` keeps its output out of the log too, for a probe whose failure is
+    an answer ("is there a partition table?").
     """
     args = list(cmd)
     try:
@@ -72,7 +77,7 @@ def run(cmd: Sequence[str], what: str, *, env: Mapping[str, str] | None = None,
     except FileNotFoundError:
         osbuild.api.fail(f"{what}: {args[0]} is not installed in the build root")
     failed = proc.returncode != 0
-    if not stream and (failed or log):
+    if not stream and ((failed and not quiet) or log):
         sys.stdout.flush()
         sys.stderr.write(proc.stdout + proc.stderr)
         sys.stderr.flush()

@@ -70,6 +70,16 @@ def test_stage_library_change_runs_its_importers(clone: Path) -> None:
     assert "org.osbuild.locale" not in cases
 
 
+def test_disk_module_change_runs_its_importers_also_through_other_modules(clone: Path) -> None:
+    """grub2.inst imports osbuild.disk.grub_bios, which imports osbuild.disk.partition."""
+    module = clone / "osbuild/disk/partition.py"
+    change(clone, "partition", {"osbuild/disk/partition.py": module.read_text() + "\n"})
+    cases = selected(gate(clone, "HEAD~1..HEAD"))
+    assert {"org.osbuild.sfdisk", "org.osbuild.grub2.inst",
+            "assemblers/org.osbuild.qemu"} <= set(cases)
+    assert "org.osbuild.mkfs.fat" not in cases and "org.osbuild.mtools.copy" not in cases
+
+
 def test_new_stage_without_a_case_fails(clone: Path) -> None:
     change(clone, "new stage", {
         "stages/org.osbuild.newthing": "#!/usr/bin/python3\n",

@@ -39,7 +39,7 @@ from imagecheck import (
 )
 from stagetest import LIBDIR, load_meta, run_stage
 
-from osbuild.disklib import partition_uuid
+from osbuild.disk.partition import partition_uuid
 
 MiB = 1024 * 1024
 ROOT_UUID = "6e4ff95f-f662-45ee-a82a-bdf44a2d0b75"
