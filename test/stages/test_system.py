@@ -550,7 +550,7 @@ def test_users_without_passwd_fails_clearly(tree: Path, tmp_path: Path) -> None:
 
 def test_users_tool_error_names_the_user(accounts: Path, tmp_path: Path) -> None:
     result = run("users", {"users": {"alice": {"groups": ["nosuch"]}}}, accounts, tmp_path)
-    last = failed_with(result, "useradd failed for user alice")
+    last = failed_with(result, "useradd for user alice failed")
     assert "nosuch" in last
     assert "alice" not in lines_of(accounts, "passwd")
 

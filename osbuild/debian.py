@@ -1,0 +1,209 @@
+"""Debian facts that stages share: how mmdebstrap is told to make a tree, initrds, dpkg.
+
+org.osbuild.debs (pinned) and org.osbuild.mmdebstrap (live archive) both
+bootstrap with mmdebstrap and must leave the same kind of tree: the same docs
+left out, the same temporary dpkg settings taken back, the same build-root
+files removed. Those rules live here once, as do initramfs-tools' settings,
+the tree's package list, and Debian's version order, so the next Debian stage
+states its options and calls these.
+
+Stdlib only, like osbuild.api: it runs on the build root's Python.
+"""
+
+import os
+import shlex
+import shutil
+from collections.abc import Iterable
+
+import osbuild.api
+import osbuild.tool
+
+# Docs, manual pages and translations: what minimal images usually leave out.
+# The copyright files stay, as Debian's licences ask.
+DPKG_DOC_EXCLUDES = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+)
+
+UNSAFE_IO_CFG = "/etc/dpkg/dpkg.cfg.d/osbuild-unsafe-io"
+
+# Temporary, unlike --dpkgopt: the tree is committed as a whole afterwards,
+# so dpkg's fsync per file buys nothing while installing.
+UNSAFE_IO_HOOK = f'echo force-unsafe-io > "$1"{shlex.quote(UNSAFE_IO_CFG)}'
+
+# The last customize hooks of every bootstrap, in this order.
+CLEANUP_HOOKS = (
+    f'rm "$1"{shlex.quote(UNSAFE_IO_CFG)}',
+    # The image's sources come from org.osbuild.apt.sources: the mirror the
+    # build used may be a proxy the image never sees.
+    'echo -n > "$1/etc/apt/sources.list"',
+    # mmdebstrap copies the build root's; they say nothing true about the image.
+    'rm -f "$1/etc/hostname" "$1/etc/resolv.conf"',
+)
+
+# initramfs-tools' COMPRESS values and the package that has each program.
+INITRAMFS_COMPRESSORS = {"gzip": "gzip", "bzip2": "bzip2", "lz4": "lz4", "lzma": "xz-utils",
+                         "lzop": "lzop", "xz": "xz-utils", "zstd": "zstd"}
+INITRAMFS_CONF = "/etc/initramfs-tools/conf.d/osbuild-compress"
+
+# Read by initramfs-tools' kernel hook: skip the initrd, INITRAMFS_ONCE makes it.
+DEFER_INITRAMFS_ENV = {"INITRD": "No"}
+
+# Run in the tree after all packages are configured: what each kernel's
+# postinst would have done with INITRD unset, once: the initrd, then the
+# /initrd.img links that linux-update-symlinks makes only for an existing initrd.
+INITRAMFS_ONCE = """set -e
+unset INITRD
+command -v linux-version >/dev/null || exit 0
+for v in $(linux-version list); do
+    update-initramfs -c -k "$v"
+    linux-update-symlinks install "$v" "/boot/vmlinuz-$v"
+done
+"""
+
+
+# --- bootstrapping with mmdebstrap ------------------------------------------------------
+
+
+def check_can_bootstrap(tree: str, stage: str) -> None:
+    """End `stage` unless the tree is empty and the build root has mmdebstrap."""
+    if os.listdir(tree):
+        osbuild.api.fail(f"{stage} installs into an empty tree, but the tree has "
+                         + ", ".join(sorted(os.listdir(tree))[:5]))
+    if not shutil.which("mmdebstrap"):
+        osbuild.api.fail("the build root has no mmdebstrap; install it there")
+
+
+def dpkgopt_args(options: Iterable[str]) -> list[str]:
+    """mmdebstrap's --dpkgopt for each dpkg option: kept in the image's dpkg.cfg.d,
+    so later installs in the booted system follow them too."""
+    return [f"--dpkgopt={opt}" for opt in options]
+
+
+def mmdebstrap(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    """Run mmdebstrap; it takes minutes, so its output goes to the log as it comes."""
+    osbuild.tool.run(cmd, "mmdebstrap", env=env, stream=True)
+
+
+def installed_packages(tree: str) -> list[tuple[str, str, str]]:
+    """(name, version, architecture) of every package installed in the tree, sorted."""
+    result = osbuild.tool.run(
+        ["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "--show",
+         "--showformat=${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n"],
+        "listing the tree's packages")
+    rows = []
+    for line in result.stdout.splitlines():
+        status, name, version, arch = line.split("\t")
+        if status == "installed":
+            rows.append((name, version, arch))
+    return sorted(rows)
+
+
+def native_architecture() -> str:
+    """The build root's dpkg architecture: a tree's, unless its options say otherwise."""
+    return osbuild.tool.run(["dpkg", "--print-architecture"],
+                            "asking dpkg for its architecture").stdout.strip()
+
+
+# --- initrds ------------------------------------------------------------------------------
+
+
+def defers_initramfs(package_names: Iterable[str]) -> bool:
+    """Whether to make the initrds once at the end instead of at every trigger.
+
+    With initramfs-tools, a kernel's postinst makes its initrd at once, and
+    every later package that ships an initramfs hook makes it again through the
+    trigger: two or more runs of several seconds each, of which only the last
+    counts. Only initramfs-tools honours INITRD=No this way, so only then.
+    """
+    return "initramfs-tools" in set(package_names)
+
+
+def initramfs_compress_hook(compress: str) -> str:
+    """A setup hook (before any package, so every initrd uses it) setting COMPRESS."""
+    return (f'mkdir -p "$1"{os.path.dirname(INITRAMFS_CONF)} && '
+            f'echo COMPRESS={compress} > "$1"{INITRAMFS_CONF}')
+
+
+def initramfs_once_hook() -> str:
+    """The customize hook that makes each deferred initrd, once every package is configured."""
+    return f'chroot "$1" sh -c {shlex.quote(INITRAMFS_ONCE)}'
+
+
+# --- Debian's version order (dpkg --compare-versions) -------------------------------------
+
+
+def _order(c: str) -> int:
+    """Weight of one character of a non-digit run: "~" sorts before everything, even the end."""
+    if not c or c.isdigit():
+        return 0
+    if c.isalpha():
+        return ord(c)
+    if c == "~":
+        return -1
+    return ord(c) + 256
+
+
+def _compare_part(a: str, b: str) -> int:
+    """dpkg's order of upstream versions or revisions: runs of non-digits, then of digits."""
+    i = j = 0
+
+    def at(s: str, k: int) -> str:
+        return s[k] if k < len(s) else ""
+
+    while i < len(a) or j < len(b):
+        while (at(a, i) and not at(a, i).isdigit()) or (at(b, j) and not at(b, j).isdigit()):
+            ac, bc = _order(at(a, i)), _order(at(b, j))
+            if ac != bc:
+                return ac - bc
+            i, j = i + 1, j + 1
+        while at(a, i) == "0":
+            i += 1
+        while at(b, j) == "0":
+            j += 1
+        first_diff = 0
+        while at(a, i).isdigit() and at(b, j).isdigit():
+            first_diff = first_diff or ord(a[i]) - ord(b[j])
+            i, j = i + 1, j + 1
+        if at(a, i).isdigit():
+            return 1
+        if at(b, j).isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+def _split_version(version: str) -> tuple[int, str, str]:
+    epoch, sep, rest = version.partition(":")
+    if not sep:
+        epoch, rest = "0", version
+    upstream, sep, revision = rest.rpartition("-")
+    if not sep:
+        upstream, revision = rest, ""
+    return int(epoch) if epoch.isdigit() else 0, upstream, revision
+
+
+def compare_versions(a: str, b: str) -> int:
+    """<0, 0 or >0 as Debian version `a` is older than, equal to or newer than `b`."""
+    ea, ua, ra = _split_version(a)
+    eb, ub, rb = _split_version(b)
+    if ea != eb:
+        return ea - eb
+    return _compare_part(ua, ub) or _compare_part(ra, rb)
+
+
+def newest_first(versions: list[str]) -> list[str]:
+    """Versions sorted newest first (a simple insertion sort: there are only a few kernels)."""
+    result: list[str] = []
+    for version in versions:
+        k = 0
+        while k < len(result) and compare_versions(result[k], version) > 0:
+            k += 1
+        result.insert(k, version)
+    return result
