@@ -3,8 +3,9 @@
 The sandbox is not a security boundary; it keeps stages from touching the
 host by accident: the build root is read-only, /dev is private, /run and
 /tmp are fresh tmpfs, /proc/sys and /sys are read-only, there is no network,
-a few capabilities with host-wide effects are dropped, and only the tree, the inputs,
-the API directory and explicitly handed-in devices and mounts are visible.
+capabilities with host-wide effects are withheld (osbuild/capabilities.py), and
+only the tree, the inputs, the API directory and explicitly handed-in devices and
+mounts are visible. A module's .meta.json may ask for more ("capabilities").
 """
 
 import json
@@ -22,34 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from . import interrupts
+from .api import API_DIR as API
+from .capabilities import NETWORK, granted
 from .errors import BuildRootError, ToolMissing
 
 LIB = "/run/osbuild/lib"
 TREE = "/run/osbuild/tree"
-API = "/run/osbuild/api"
 INPUTS = "/run/osbuild/inputs"
 MOUNTS = "/run/osbuild/mounts"
 
 # Directories that merged-/usr systems have as symlinks and others as real dirs.
 TOP_LEVEL_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-
-# Capabilities a stage never needs; everything else root has is kept so that
-# chown, chroot, mknod and friends work on the tree.
-DROPPED_CAPS = (
-    "CAP_SYS_MODULE",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_TIME",
-    "CAP_SYS_RAWIO",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    # Global switches of the host kernel: process accounting, audit rules.
-    "CAP_SYS_PACCT",
-    "CAP_AUDIT_CONTROL",
-)
 
 TAIL_LINES = 20
 
@@ -149,8 +133,10 @@ class BuildRoot:
         if not (self.libdir / "runners" / self.runner).is_file():
             raise BuildRootError(f"runner {self.runner} not found in {self.libdir / 'runners'}")
 
-    def command(self, tree: Path, api_dir: Path, binds: list[Bind],
-                devices: list[str], network: bool = False) -> list[str]:
+    def command(self, tree: Path, api_dir: Path, binds: list[Bind], devices: list[str],
+                capabilities: frozenset[str] = frozenset()) -> list[str]:
+        """The bwrap command line; `capabilities` are the module's own (see capabilities.py)."""
+        network = NETWORK in capabilities
         # No user namespace: stages must be able to give files to any uid/gid.
         cmd = [bwrap_path(), "--unshare-ipc", "--unshare-pid", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
@@ -184,10 +170,11 @@ class BuildRoot:
             cmd += ["--ro-bind" if bind.readonly else "--bind", str(bind.source), bind.target]
         for device in devices:
             cmd += ["--dev-bind", device, device]
-        # bwrap keeps root's capabilities by default; `--cap-add ALL` would also
-        # undo every --cap-drop below.
-        for cap in DROPPED_CAPS:
-            cmd += ["--cap-drop", cap]
+        # bwrap keeps root's capabilities by default: start from none and add the
+        # granted ones (bwrap applies these options in order).
+        cmd += ["--cap-drop", "ALL"]
+        for cap in granted(capabilities):
+            cmd += ["--cap-add", cap]
         env = {
             "PATH": "/usr/sbin:/usr/bin",
             "PYTHONPATH": LIB,
@@ -214,12 +201,13 @@ class BuildRoot:
         binds: list[Bind] | None = None,
         devices: list[str] | None = None,
         on_output: Callable[[str], None] | None = None,
-        network: bool = False,
+        capabilities: frozenset[str] = frozenset(),
         timeout: float | None = None,
     ) -> StageRun:
         """Run `executable` (a path relative to the libdir) through the runner.
 
-        `workdir` is a private temporary directory for the API files. After `timeout`
+        `workdir` is a private temporary directory for the API files. `capabilities`
+        are what the module's meta.json asks for beyond the default. After `timeout`
         seconds the sandbox is killed with everything in its pid namespace, however deep
         or detached (see kill_sandbox).
         """
@@ -227,7 +215,7 @@ class BuildRoot:
         api_dir = Path(tempfile.mkdtemp(prefix="api-", dir=workdir))
         args = dict(arguments, tree=TREE)
         (api_dir / "arguments").write_text(json.dumps(args), encoding="utf-8")
-        cmd = self.command(tree, api_dir, binds or [], devices or [], network)
+        cmd = self.command(tree, api_dir, binds or [], devices or [], capabilities)
         cmd += ["/usr/bin/python3", f"{LIB}/runners/{self.runner}", f"{LIB}/{executable}"]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         expired = threading.Event()

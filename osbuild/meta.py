@@ -1,5 +1,5 @@
-"""Find modules (stages, assemblers, sources, runners) in the libdir and validate
-options against the schemas in their .meta.json files.
+"""Find modules (stages, assemblers, sources, runners) in the libdir, read their
+.meta.json into a typed ModuleInfo, and validate options against its schemas.
 
 Every problem is reported as one line that starts with its JSON path in the
 manifest, e.g. `pipelines[1].stages[3].options.size: 'x' is not of type 'integer'`.
@@ -9,13 +9,15 @@ import functools
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 from jsonschema.protocols import Validator
 
-from .errors import ManifestError
+from .capabilities import KNOWN_CAPABILITIES
+from .errors import ManifestError, ModuleMetaError, one_line
 
 KINDS = ("stages", "assemblers", "sources", "runners")
 MESSAGE_LIMIT = 200
@@ -32,16 +34,54 @@ def default_libdir() -> Path:
     return Path("/usr/lib/osbuild")
 
 
+@dataclass(frozen=True)
+class ModuleInfo:
+    """A module and what its .meta.json says, read once: the one place metadata is parsed."""
+
+    kind: str  # the libdir folder: stages, assemblers, sources or runners
+    name: str
+    path: Path  # the executable
+    summary: str
+    description: str
+    schema: dict[str, Any] | None  # v1: the options, as an object-level fragment
+    schema_2: dict[str, Any]  # v2: "options", "inputs", "devices", "mounts"
+    # What the module may do beyond the default sandbox (see osbuild/capabilities.py).
+    capabilities: frozenset[str]
+    # v1 stages name source files in an option: input name -> option name.
+    v1_inputs: dict[str, str]
+
+    def options_schema(self) -> dict[str, Any]:
+        """The whole schema of the module's options (a stage's, or a source's section)."""
+        return options_schema(self.schema_2.get("options", self.schema))
+
+
 @functools.cache
-def load_meta(libdir: Path, kind: str, name: str) -> dict[str, Any] | None:
-    """The .meta.json of a module, or None when the module does not exist."""
+def module_info(libdir: Path, kind: str, name: str) -> ModuleInfo | None:
+    """The module `kind/name` in `libdir`, or None when there is no such module."""
     if "/" in name or name.startswith("."):
         return None
     exe = libdir / kind / name
-    meta = libdir / kind / f"{name}.meta.json"
-    if not exe.is_file() or not meta.is_file():
+    meta_path = libdir / kind / f"{name}.meta.json"
+    if not exe.is_file() or not meta_path.is_file():
         return None
-    return json.loads(meta.read_text(encoding="utf-8"))
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    where = f"{kind}/{meta_path.name}"
+    if "network" in meta:
+        raise ModuleMetaError(f'{where}: "network" is not a key any more; '
+                              'list "network" under "capabilities"')
+    capabilities = meta.get("capabilities", [])
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        raise ModuleMetaError(f"{where}: capabilities must be a list of names")
+    for capability in capabilities:
+        if capability not in KNOWN_CAPABILITIES:
+            raise ModuleMetaError(f"{where}: unknown capability {capability!r} "
+                                  '(known: "network" and the Linux CAP_* names)')
+    description = meta.get("description", "")
+    if isinstance(description, list):
+        description = "\n".join(description)
+    return ModuleInfo(kind, name, exe, meta.get("summary", ""), description,
+                      meta.get("schema"), meta.get("schema_2", {}), frozenset(capabilities),
+                      meta.get("v1_inputs", {}))
 
 
 def json_path(base: str, parts: Iterable[Any]) -> str:
@@ -59,12 +99,6 @@ def json_path(base: str, parts: Iterable[Any]) -> str:
         else:
             path = part
     return path or "manifest"
-
-
-def one_line(message: str) -> str:
-    """`message` on one line: whitespace runs collapse, other control characters are escaped."""
-    text = " ".join(message.split())
-    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def ecma_pattern(pattern: str) -> str:

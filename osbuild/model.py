@@ -23,12 +23,22 @@ class Input:
     # `<stage>.inputs.<name>.references` (v1 stages name their files in an option).
     path: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The input as a v2 manifest writes it, for the stage's `inputs` schema."""
+        return {"type": self.type, "origin": self.origin, "references": self.references,
+                **({"options": self.options} if self.options else {})}
+
 
 @dataclass
 class Device:
     type: str
     options: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The device as the manifest writes it, for the stage's `devices` schema."""
+        return {"type": self.type, **({"options": self.options} if self.options else {}),
+                **({"parent": self.parent} if self.parent else {})}
 
 
 @dataclass
@@ -38,6 +48,12 @@ class Mount:
     source: str | None
     target: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The mount as the manifest writes it, for the stage's `mounts` schema."""
+        return {"name": self.name, "type": self.type, "target": self.target,
+                **({"source": self.source} if self.source else {}),
+                **({"options": self.options} if self.options else {})}
 
 
 @dataclass

@@ -3,7 +3,11 @@
 The engine mounts them under one host directory, which the sandbox sees at
 /run/osbuild/mounts; "/" comes before "/boot" because mounts are made in the
 order the manifest gives. Each mount is registered in the build's ExitStack,
-so everything is unmounted on success, on errors and on Ctrl-C alike.
+so everything is unmounted on success, on errors and on Ctrl-C alike. Types,
+options, names and targets were validated against SCHEMAS before the build
+(osbuild/validate.py); what is checked here can only be known when the stage
+runs: whether the kernel mounts the file system, the device nodes, and where
+a target leads once the mounts before it are made.
 """
 
 import contextlib
@@ -14,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from osbuild import interrupts
-from osbuild.devices import one_line, pause, run_to_end
-from osbuild.errors import ModuleNotFound, OsbuildError
+from osbuild.devices import pause, run_to_end
+from osbuild.errors import OsbuildError, one_line
+from osbuild.model import Mount
 
 _READONLY = {
     "description": "Mount the file system read-only",
@@ -106,42 +109,17 @@ def _target_path(name: str, target: str, root: Path) -> Path:
     return path
 
 
-def _check(mount: dict[str, Any], devices: dict[str, str], seen: set[str]) -> None:
-    """Everything that can be checked before the first mount is made."""
-    name = mount.get("name", "")
-    mtype = mount.get("type", "")
-    if name in seen:
-        raise OsbuildError(f"mount '{name}': the name is used twice in one stage")
-    seen.add(name)
-    if mtype not in SCHEMAS:
-        known = ", ".join(sorted(SCHEMAS))
-        raise ModuleNotFound(f"mount '{name}': unknown mount type '{mtype}' (known: {known})")
-    if mtype == "org.osbuild.fat":
+def _check(mount: Mount, devices: dict[str, str]) -> None:
+    """What can be known only now, checked before the first mount is made."""
+    if mount.type == "org.osbuild.fat":
         raise OsbuildError(
-            f"mount '{name}': org.osbuild.fat cannot be mounted: this kernel has no vfat "
+            f"mount '{mount.name}': org.osbuild.fat cannot be mounted: this kernel has no vfat "
             "driver; fill FAT file systems with the mtools-based stages (mcopy) instead"
         )
-    try:
-        jsonschema.validate(
-            mount.get("options", {}), SCHEMAS[mtype], cls=jsonschema.Draft202012Validator
-        )
-    except jsonschema.ValidationError as exc:
+    if mount.source not in devices:
         raise OsbuildError(
-            f"mount '{name}' ({mtype}): invalid options: {one_line(exc.message)}"
-        ) from None
-    if "partition" in mount:
-        raise OsbuildError(
-            f"mount '{name}': 'partition' is not supported (no partition device nodes "
-            "without udev); give the partition its own loopback device with start/size"
+            f"mount '{mount.name}': source '{mount.source}' is not a device of this stage"
         )
-    source = mount.get("source")
-    if source not in devices:
-        raise OsbuildError(f"mount '{name}': source '{source}' is not a device of this stage")
-    target = mount.get("target")
-    if not isinstance(target, str) or not target.startswith("/"):
-        raise OsbuildError(f"mount '{name}': target {target!r} is not an absolute path")
-    if ".." in target.split("/"):
-        raise OsbuildError(f"mount '{name}': target '{target}' must not contain '..'")
 
 
 def _try_unmount(path: Path, interrupts: list[BaseException]) -> str | None:
@@ -208,33 +186,33 @@ def mounted(name: str, fstype: str, device: str, path: Path, opts: list[str]) ->
 
 
 def mount_all(
-    mounts: list[dict], devices: dict[str, str], root: Path, stack: contextlib.ExitStack
+    mounts: list[Mount], devices: dict[str, str], root: Path, stack: contextlib.ExitStack
 ) -> dict[str, str]:
-    """Mount each of a stage's `mounts` under `root`, in order; return name -> host path.
+    """Mount each of a stage's (validated) `mounts` under `root`, in order; return name -> path.
 
     `devices` maps the stage's device names to their nodes (see
     osbuild.devices.open_devices). Unmounting is registered in `stack`, so the
     last mount is undone first.
     """
-    seen: set[str] = set()
     for mount in mounts:
-        _check(mount, devices, seen)
+        _check(mount, devices)
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
     paths: dict[str, str] = {}
     for mount in mounts:
-        name, mtype = mount["name"], mount["type"]
+        name = mount.name
         # Resolved only now: an earlier mount decides what the path leads to.
-        path = _target_path(name, mount["target"], root)
+        path = _target_path(name, mount.target, root)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OsbuildError(f"mount '{name}': cannot create {mount['target']}: {exc}") from None
-        opts = _mount_options(mount.get("options", {}))
+            raise OsbuildError(f"mount '{name}': cannot create {mount.target}: {exc}") from None
+        opts = _mount_options(mount.options)
+        assert mount.source is not None  # _check: it is one of `devices`
         # Deferred: an interrupt between mounting and registering the unmount would leak.
         with interrupts.deferred():
             stack.enter_context(
-                mounted(name, FSTYPES[mtype], devices[mount["source"]], path, opts)
+                mounted(name, FSTYPES[mount.type], devices[mount.source], path, opts)
             )
         paths[name] = str(path)
     return paths

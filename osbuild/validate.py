@@ -1,6 +1,9 @@
 """Validate a loaded manifest against the schemas of the modules it uses.
 
 Runs before anything is fetched or built: an invalid manifest builds nothing.
+This is the only check of the manifest's devices and mounts: the engine hands
+the model on to osbuild.devices and osbuild.mounts, which check only what can
+be known at run time (files in the tree, sizes, what the kernel mounts).
 """
 
 import base64
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, inputs, mounts
-from .meta import load_meta, options_schema, raise_if, schema_errors
+from .meta import module_info, raise_if, schema_errors
 from .model import Manifest, Stage
 from .sources import SourceFailure, parse_checksum
 
@@ -22,30 +25,22 @@ INLINE_CHUNK = 1 << 20
 def stage_problems(stage: Stage, libdir: Path, checksums: set[str] | None = None) -> list[str]:
     kind = "assembler" if stage.kind == "assemblers" else "stage"
     name_path = f"{stage.path}.{'type' if stage.path.startswith('pipelines[') else 'name'}"
-    meta = load_meta(libdir, stage.kind, stage.name)
-    if meta is None:
+    info = module_info(libdir, stage.kind, stage.name)
+    if info is None:
         return [f"{name_path}: unknown {kind} '{stage.name}'"]
-    schema_2 = meta.get("schema_2", {})
-    schema = options_schema(schema_2.get("options", meta.get("schema")))
-    problems = schema_errors(stage.options, schema, f"{stage.path}.options")
+    problems = schema_errors(stage.options, info.options_schema(), f"{stage.path}.options")
     if stage.kind == "stages":
-        problems += section_problems(stage, schema_2, checksums or set())
+        problems += section_problems(stage, info.schema_2, checksums or set())
     return problems
 
 
 def section_problems(stage: Stage, schema_2: dict[str, Any], checksums: set[str]) -> list[str]:
     """Inputs, devices and mounts: each known, each allowed by the stage."""
     problems = []
-    raw_inputs = {n: {"type": i.type, "origin": i.origin, "references": i.references,
-                      **({"options": i.options} if i.options else {})}
-                  for n, i in stage.inputs.items()}
-    raw_devices = {n: {"type": d.type, **({"options": d.options} if d.options else {}),
-                       **({"parent": d.parent} if d.parent else {})}
-                   for n, d in stage.devices.items()}
-    raw_mounts = [{"name": m.name, "type": m.type, "target": m.target,
-                   **({"source": m.source} if m.source else {}),
-                   **({"options": m.options} if m.options else {})} for m in stage.mounts]
-    sections = {"inputs": raw_inputs, "devices": raw_devices, "mounts": raw_mounts}
+    # The stage's schemas describe these sections as the manifest writes them.
+    sections = {"inputs": {n: i.to_json() for n, i in stage.inputs.items()},
+                "devices": {n: d.to_json() for n, d in stage.devices.items()},
+                "mounts": [m.to_json() for m in stage.mounts]}
     for section, value in sections.items():
         if not value:
             continue
@@ -181,11 +176,11 @@ def source_problems(manifest: Manifest, libdir: Path) -> list[str]:
     """Each source known, its section valid, every checksum well-formed, inline data right."""
     problems: list[str] = []
     for kind, section in manifest.raw.get("sources", {}).items():
-        meta = load_meta(libdir, "sources", kind)
-        if meta is None:
+        info = module_info(libdir, "sources", kind)
+        if info is None:
             problems.append(f"sources.{kind}: unknown source '{kind}'")
             continue
-        found = schema_errors(section, options_schema(meta.get("schema")), f"sources.{kind}")
+        found = schema_errors(section, info.options_schema(), f"sources.{kind}")
         if found:
             problems += found
             continue

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError
-from ..meta import load_meta, raise_if, schema_errors
+from ..meta import module_info, raise_if, schema_errors
 from ..model import Input, Manifest, Pipeline, Stage, finish_manifest
 
 MODULE = {"type": "string", "pattern": "^org\\.osbuild\\.[A-Za-z0-9_.-]+$", "maxLength": 256}
@@ -68,8 +68,8 @@ def stage_inputs(stage: Stage, libdir: Path | None) -> None:
     (".meta.json": {"v1_inputs": {"<input>": "<option>"}}). The option moves into
     an org.osbuild.files input, so the stage sees the same arguments as in v2.
     """
-    meta = load_meta(libdir, "stages", stage.name) if libdir else None
-    for input_name, option in (meta or {}).get("v1_inputs", {}).items():
+    info = module_info(libdir, "stages", stage.name) if libdir else None
+    for input_name, option in (info.v1_inputs if info else {}).items():
         if option not in stage.options:
             continue
         value = stage.options.pop(option)

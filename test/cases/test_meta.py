@@ -17,6 +17,8 @@ import casekit  # noqa: E402
 from casedefs import all_cases  # noqa: E402
 
 from osbuild import formats  # noqa: E402
+from osbuild.errors import ModuleMetaError  # noqa: E402
+from osbuild.meta import module_info  # noqa: E402
 from osbuild.validate import validate  # noqa: E402
 
 ROOT = casekit.ROOT
@@ -56,6 +58,10 @@ def meta_problems(kind: str, name: str) -> list[str]:
     schema_2 = meta.get("schema_2")
     if not isinstance(schema, dict) and not isinstance(schema_2, dict):
         found.append(f"{kind}/{name}: no schema (schema or schema_2)")
+    try:
+        module_info(ROOT, kind, name)
+    except ModuleMetaError as e:
+        found.append(str(e))
     return found
 
 
@@ -79,6 +85,46 @@ def case_problems(kind: str, name: str) -> list[str]:
 @pytest.mark.parametrize("kind, name", ALL, ids=[f"{k}/{n}" for k, n in ALL])
 def test_module_has_meta_schema_and_case(kind: str, name: str) -> None:
     assert meta_problems(kind, name) + case_problems(kind, name) == []
+
+
+# Every module with a meta.json, the test-only ones included: (libdir, kind, name).
+META_MODULES = [(libdir, kind, path.name.removesuffix(".meta.json"))
+                for libdir in (ROOT, ROOT / "test/data")
+                for kind in ("stages", "assemblers", "sources")
+                if (libdir / kind).is_dir()
+                for path in sorted((libdir / kind).glob("*.meta.json"))]
+
+
+@pytest.mark.parametrize("libdir, kind, name", META_MODULES,
+                         ids=[f"{d.relative_to(ROOT)}/{k}/{n}" for d, k, n in META_MODULES])
+def test_module_meta_loads_with_known_capabilities(libdir: Path, kind: str, name: str) -> None:
+    info = module_info(libdir, kind, name)
+    assert info is not None and info.name == name and info.summary
+    assert "network" not in json.loads((libdir / kind / f"{name}.meta.json").read_text())
+
+
+def test_only_the_unpinned_installer_asks_for_the_network() -> None:
+    infos = [module_info(libdir, kind, name) for libdir, kind, name in META_MODULES]
+    asking = {info.name for info in infos if info is not None and "network" in info.capabilities}
+    assert asking == {"org.osbuild.mmdebstrap", "org.osbuild.test.netscript"}
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"capabilities": ["CAP_SYS_TIME", "CAP_NOPE"]},
+     "stages/org.osbuild.x.meta.json: unknown capability 'CAP_NOPE' "
+     '(known: "network" and the Linux CAP_* names)'),
+    ({"capabilities": "network"}, "stages/org.osbuild.x.meta.json: capabilities must be a list"),
+    ({"network": True}, 'stages/org.osbuild.x.meta.json: "network" is not a key any more; '
+                        'list "network" under "capabilities"'),
+])
+def test_meta_capabilities_are_checked_naming_the_module(tmp_path: Path, meta: dict,
+                                                         expected: str) -> None:
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/org.osbuild.x").write_text("")
+    (tmp_path / "stages/org.osbuild.x.meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModuleMetaError) as info:
+        module_info(tmp_path, "stages", "org.osbuild.x")
+    assert str(info.value).startswith(expected)
 
 
 def test_every_case_belongs_to_a_module() -> None:

@@ -20,6 +20,14 @@ import pytest
 from fileserver import FileServer, sha256
 from harness import Osbuild
 
+from osbuild.buildroot import BuildRoot
+from osbuild.capabilities import (
+    DEFAULT_CAPABILITIES,
+    LINUX_CAPABILITIES,
+    WITHHELD_CAPABILITIES,
+    held,
+)
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Attempts that succeed, but only inside the sandbox: its /, /tmp and /var are a
@@ -248,3 +256,37 @@ def test_stage_sandbox_ends_with_the_stage(osbuild: Osbuild) -> None:
         for pid in left.stdout.split():
             os.kill(int(pid), signal.SIGKILL)
     assert not left.stdout.strip(), "a process started by a stage outlived the build"
+
+
+# The capabilities with host-wide effects, which the sandbox has always withheld.
+HOST_WIDE = {"CAP_SYS_MODULE", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_SYS_RAWIO", "CAP_MAC_ADMIN",
+             "CAP_MAC_OVERRIDE", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BPF", "CAP_PERFMON",
+             "CAP_SYS_PACCT", "CAP_AUDIT_CONTROL"}
+
+
+def test_the_default_withholds_exactly_the_host_wide_capabilities() -> None:
+    assert WITHHELD_CAPABILITIES == HOST_WIDE
+    assert DEFAULT_CAPABILITIES | HOST_WIDE == set(LINUX_CAPABILITIES)
+
+
+def sandbox_capabilities(libdir: Path, workdir: Path, asked: set[str]) -> set[str]:
+    """The effective capabilities of a process in a stage's sandbox."""
+    tree = workdir / "tree"
+    tree.mkdir()
+    args = {"options": {"script": "grep CapEff: /proc/self/status"}, "inputs": {},
+            "devices": {}, "mounts": {}, "paths": {}, "meta": {"id": "0" * 64}}
+    run = BuildRoot(Path("/"), "org.osbuild.linux", libdir).run(
+        "stages/org.osbuild.test.script", args, tree, workdir, capabilities=frozenset(asked))
+    assert run.returncode == 0 and run.metadata is not None, run.tail
+    mask = int(run.metadata["stdout"].split()[1], 16)
+    return {cap for bit, cap in enumerate(LINUX_CAPABILITIES) if mask >> bit & 1}
+
+
+@pytest.mark.parametrize("asked", [set(), {"CAP_SYS_TIME", "network"}, set(LINUX_CAPABILITIES)],
+                         ids=["default", "one-more", "all"])
+def test_a_stage_gets_the_default_and_what_it_asks_for(libdir: Path, tmp_path: Path,
+                                                       asked: set[str]) -> None:
+    """Never more than the engine holds: bwrap would hand out all of root's capabilities
+    when asked for one it cannot grant."""
+    expected = (DEFAULT_CAPABILITIES | asked) & held()
+    assert sandbox_capabilities(libdir, tmp_path, asked) == expected
