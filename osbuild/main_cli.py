@@ -14,19 +14,24 @@ from . import formats, interrupts, store_cli
 from .errors import ManifestError, OsbuildError, StageFailed, StageTimeout
 from .meta import default_libdir
 from .monitor import MONITORS, LogMonitor, Monitor
-from .objectstore import DEFAULT_MAX_SIZE, ObjectStore, default_store_path, parse_size
+from .objectstore import ObjectStore, default_store_path
 from .pipeline import Builder, after_interrupt
+from .sizes import DEFAULT_MAX_SIZE, size_option
 from .validate import validate
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 TAIL_SHOWN = 10
 
+# The engine says which place filled up; the option that moves it is ours to name.
+SPACE_OPTIONS = {"store": "--store", "output directory": "--output-directory"}
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="osbuild", description="Build OS images from an osbuild manifest (v1 or v2).",
-        epilog="Also: 'osbuild store ls|du|prune' to look at and clean the store.")
+        epilog="Also: 'osbuild store ls|du|prune' to look at and clean the store.",
+        exit_on_error=False)
     parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (JSON, or YAML by "
                         "extension), or - for standard input")
     parser.add_argument("--store", type=Path, help="object store directory "
@@ -42,13 +47,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--inspect", action="store_true",
                         help="print the manifest with pipeline and stage ids; build nothing")
     parser.add_argument("--libdir", type=Path, help="where stages/, runners/, ... live")
-    parser.add_argument("--cache-max-size", metavar="SIZE",
+    parser.add_argument("--cache-max-size", type=size_option, default=DEFAULT_MAX_SIZE,
+                        metavar="SIZE",
                         help="store size limit, like 20G or 'unlimited' (default: 20G)")
     parser.add_argument("--stage-timeout", type=positive_seconds, metavar="SECONDS",
                         help="kill a stage (or assembler) that runs longer, with everything it "
                         "started, and fail the build (default: no limit)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    return parser.parse_args(argv)
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        if error.argument_name == "--cache-max-size":
+            # A size the store cannot take fails the build (exit 1), as it always has.
+            raise OsbuildError(f"--cache-max-size: {error.message}") from None
+        parser.error(str(error))  # a usage error (exit 2), what exit_on_error would do
 
 
 def positive_seconds(text: str) -> float:
@@ -138,17 +150,11 @@ def build(args: argparse.Namespace) -> int:
                             f"(pipelines: {', '.join(manifest.pipelines)})")
     if args.export and not args.output_directory:
         raise OsbuildError("--export needs --output-directory")
-    max_size: int | None = DEFAULT_MAX_SIZE
-    if args.cache_max_size is not None:
-        try:
-            max_size = parse_size(args.cache_max_size)
-        except ValueError as e:
-            raise OsbuildError(f"--cache-max-size: {e}") from None
     monitor = make_monitor(args)
-    with ObjectStore(args.store or default_store_path(), max_size) as store:
+    with ObjectStore(args.store or default_store_path(), args.cache_max_size) as store:
         builder = Builder(manifest, store, libdir, monitor, args.checkpoint, args.stage_timeout)
         result = builder.build(args.export, args.output_directory)
-    error = result.error
+    error = in_cli_terms(result.error) if result.error else None
     monitor.finish(result.success, [r for rs in result.results.values() for r in rs],
                    str(error) if error else None)
     if args.json:
@@ -161,7 +167,19 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def in_cli_terms(error: OsbuildError) -> OsbuildError:
+    """The engine's error, naming the option that changes the outcome: only we know it."""
+    if isinstance(error, StageTimeout) and error.option is None:
+        return StageTimeout(error.pipeline, error.stage, error.stage_id, error.returncode,
+                            error.tail, error.timeout, option="--stage-timeout")
+    if error.out_of_space is not None and error.hint is None:
+        option = SPACE_OPTIONS[error.out_of_space]
+        error.hint = f"free some space there, or point {option} at a larger file system"
+    return error
+
+
 def report(error: OsbuildError) -> None:
+    error = in_cli_terms(error)
     for line in getattr(error, "problems", [str(error)]):
         print(f"osbuild: error: {line}", file=sys.stderr)
     if error.hint:
@@ -186,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["store"]:
         return store_cli.main(argv[1:])
     interrupts.install()  # SIGINT and SIGTERM unwind the build: see osbuild/interrupts.py
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except OsbuildError as error:
+        report(error)
+        return error.exit_code
     try:
         return build(args)
     except KeyboardInterrupt:

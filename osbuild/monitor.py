@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .model import Pipeline, Stage
+from .sizes import format_size
 
 
 @dataclass
@@ -43,14 +44,6 @@ class Monitor:
     def message(self, text: str) -> None: ...
     def exported(self, name: str, path: str) -> None: ...
     def finish(self, success: bool, results: list[StageResult], error: str | None) -> None: ...
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
 
 
 class LogMonitor(Monitor):
@@ -95,7 +88,7 @@ class LogMonitor(Monitor):
         if now - self.last_progress < 2:
             return
         self.last_progress = now
-        fetched = human_size(sum(self.downloads.values()))
+        fetched = format_size(sum(self.downloads.values()))
         self.write(f"  {source}: {len(self.downloads)} files fetched so far ({fetched})")
 
     def message(self, text: str) -> None:

@@ -11,8 +11,8 @@ Layout under the store directory:
     objects/<id>/lock        readers hold LOCK_SH; eviction needs LOCK_EX|LOCK_NB
     objects/.<id>.<pid>-*/   a commit being staged, renamed to objects/<id> when complete
     sources/<checksum>       downloaded files; counted in the size limit, mtime = last use;
-                             a build hard-links those it uses into its tmp dir, and eviction
-                             skips files with more than one link
+                             a build pins those it uses (SourcePins: hard links in its tmp
+                             dir), and eviction skips files with more than one link
     tmp/<pid>-<prefix>-*/    private work dirs
 
 Every staging and tmp dir is flock'ed by its owner while alive, so one left by a
@@ -37,9 +37,9 @@ from typing import Any, Literal
 from . import interrupts
 from .errors import StoreError
 from .fsutil import copy_tree, disk_usage, remove_tree
+from .sizes import DEFAULT_MAX_SIZE
 
 FORMAT = "osbuild-deb store 1\n"
-DEFAULT_MAX_SIZE = 20 * 1024**3
 
 # Entries a store dir may hold: ours, plus upstream osbuild's (refs/, stage/, ...),
 # so an upstream store is recognised as an incompatible store rather than foreign data.
@@ -47,7 +47,6 @@ OUR_NAMES = {"format", "lock", "objects", "sources", "tmp"}
 UPSTREAM_NAMES = {"refs", "stage", "metadata", "cache.info"}
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")
-UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 @dataclass(frozen=True)
@@ -319,8 +318,18 @@ class ObjectStore:
         `tempdir()` or a dot-name, both ignored) and rename into place when verified."""
         return self._sources
 
-    def touch_source(self, checksum: str) -> None:
-        os.utime(self._sources / _checked(checksum))
+    @contextmanager
+    def source_pins(self) -> Iterator["SourcePins"]:
+        """A private dir for the sources one build reads, published to the store on exit.
+
+        Publishing also runs while a failed build unwinds: what it downloaded is kept.
+        """
+        with self.tempdir("sources") as path:
+            pins = SourcePins(self._sources, path)
+            try:
+                yield pins
+            finally:
+                pins.publish()
 
     # -- size accounting and eviction ---------------------------------------
 
@@ -400,7 +409,7 @@ class ObjectStore:
         if entry.kind == "source":
             try:
                 if (self._sources / entry.id).lstat().st_nlink > 1:
-                    return False  # hard-linked into a running build's work dir: in use
+                    return False  # pinned by a running build (SourcePins): in use
                 os.rename(self._sources / entry.id, trash / f"source-{entry.id}")
                 return True
             except FileNotFoundError:
@@ -413,6 +422,50 @@ class ObjectStore:
             return True
         finally:
             os.close(fd)
+
+
+class SourcePins:
+    """The store's source files one build reads, held in its own dir for as long as it runs.
+
+    A pin is a hard link to the store's file: eviction skips files with more than one
+    link, and another build's eviction may take the name out of the store, but never the
+    file from under us. Sources download into `path` as well (a dot-name until verified),
+    and `publish()` offers them to later builds.
+    """
+
+    def __init__(self, store_sources: Path, path: Path):
+        self._sources = store_sources
+        self.path = path
+
+    def __contains__(self, checksum: str) -> bool:
+        return (self.path / checksum).exists()
+
+    def pin(self, checksum: str) -> bool:
+        """Pin the store's file and mark it used now (for LRU); False if there is none."""
+        pin = self.path / _checked(checksum)
+        try:
+            os.link(self._sources / checksum, pin)
+        except (FileNotFoundError, FileExistsError):
+            pass  # not in the store, or pinned (or downloaded) already
+        try:
+            os.utime(pin)  # the store's file too: one inode
+        except FileNotFoundError:
+            return False
+        return True
+
+    def publish(self) -> None:
+        """Offer the files this build downloaded to later builds through the store.
+
+        Best effort: it also runs while a failed build unwinds, and a file not
+        published is only downloaded again.
+        """
+        for pin in self.path.iterdir():
+            if pin.name.startswith("."):
+                continue  # a download in progress or abandoned
+            try:
+                os.link(pin, self._sources / pin.name)
+            except OSError:
+                pass  # there already (another build was faster), or no room for the name
 
 
 # -- helpers ---------------------------------------------------------------
@@ -467,30 +520,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def parse_size(text: str) -> int | None:
-    """'20G', '512M', '1.5GiB', '1024' -> bytes (binary units); 'unlimited' -> None."""
-    if text.strip().lower() == "unlimited":
-        return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise ValueError(
-            f"invalid size {text!r}: expected a number of bytes with an optional "
-            "K, M, G or T suffix (e.g. 512M, 20G) or 'unlimited'"
-        )
-    return int(float(match[1]) * UNITS[match[2].upper()])
-
-
-def format_size(size: int | None) -> str:
-    if size is None:
-        return "unlimited"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def default_store_path() -> Path:

@@ -19,12 +19,12 @@ from typing import Any
 
 from . import devices, inputs, interrupts, mounts, sources
 from .buildroot import MOUNTS, Bind, BuildRoot
-from .errors import OsbuildError, StageFailed, StageTimeout, StoreError
+from .errors import OsbuildError, Place, StageFailed, StageTimeout, StoreError
 from .fsutil import clamp_mtimes, copy_tree, remove_tree, replace_tree
-from .meta import load_meta
+from .meta import module_info
 from .model import Manifest, Pipeline, Stage
 from .monitor import Monitor, StageResult
-from .objectstore import ObjectStore
+from .objectstore import ObjectStore, SourcePins
 from .prefetch import Prefetcher
 
 # A stage that ran this long is kept in the store even without --checkpoint:
@@ -66,39 +66,58 @@ class Builder:
         self.monitor = monitor
         self.checkpoints = checkpoints or []
         self.stage_timeout = stage_timeout
-        self.trees: dict[str, Path] = {}
-        self.results: dict[str, list[StageResult]] = {}
-        self.used: set[str] = set()
 
     def build(self, exports: list[str], output_dir: Path | None) -> BuildResult:
         plan = self.manifest.order(exports or None)
         self.monitor.begin(plan)
+        build = Build(self)
         try:
-            with ExitStack() as stack:
-                self.stack = stack
-                self.workdir = stack.enter_context(self.store.tempdir("build"))
-                self.pinned = self.workdir / "sources"
-                self.pinned.mkdir()
-                stack.callback(self.publish_sources)  # also what a failed build downloaded
-                batches = self.plan_sources(plan)
-                with interrupts.deferred():  # a started prefetch is always stopped
-                    self.prefetch = Prefetcher(self.libdir, self.pinned, batches,
-                                               self.monitor.source_progress,
-                                               self.monitor.message).start()
-                    stack.callback(self.prefetch.stop)
-                with out_of_space("the store", self.store.path, "--store"):
-                    for pipeline in plan:
-                        self.build_pipeline(pipeline)
-                for name in exports:
-                    assert output_dir is not None
-                    self.export(name, output_dir)
+            build.run(plan, exports, output_dir)
         except OsbuildError as error:
             if after_interrupt(error):
                 raise  # a cleanup that failed after Ctrl-C: the CLI reports both
-            return BuildResult(False, self.results, error)
+            return BuildResult(False, build.results, error)
         finally:
-            self.store.evict(keep=self.used)
-        return BuildResult(True, self.results)
+            self.store.evict(keep=build.used)
+        return BuildResult(True, build.results)
+
+
+class Build:
+    """One run of `Builder.build()`: the resources it holds and what it has made so far.
+
+    Every resource is entered into `stack`, which `run()` closes on success, failure
+    and Ctrl-C alike; `results` and `used` outlive it, for the report and eviction.
+    """
+
+    workdir: Path  # private, in the store's tmp/: trees being built, stage dirs
+    pins: SourcePins  # the source files this build reads, its downloads included
+    prefetch: Prefetcher
+
+    def __init__(self, builder: Builder):
+        self.manifest, self.store, self.libdir = builder.manifest, builder.store, builder.libdir
+        self.monitor, self.checkpoints = builder.monitor, builder.checkpoints
+        self.stage_timeout = builder.stage_timeout
+        self.stack = ExitStack()
+        self.trees: dict[str, Path] = {}
+        self.results: dict[str, list[StageResult]] = {}
+        self.used: set[str] = set()  # object ids and source checksums eviction must keep
+
+    def run(self, plan: list[Pipeline], exports: list[str], output_dir: Path | None) -> None:
+        with self.stack as stack:
+            self.workdir = stack.enter_context(self.store.tempdir("build"))
+            self.pins = stack.enter_context(self.store.source_pins())
+            batches = self.plan_sources(plan)
+            with interrupts.deferred():  # a started prefetch is always stopped
+                self.prefetch = Prefetcher(self.libdir, self.pins.path, batches,
+                                           self.monitor.source_progress,
+                                           self.monitor.message).start()
+                stack.callback(self.prefetch.stop)
+            with out_of_space("store", self.store.path):
+                for pipeline in plan:
+                    self.build_pipeline(pipeline)
+            for name in exports:
+                assert output_dir is not None
+                self.export(name, output_dir)
 
     # -- pipelines ---------------------------------------------------------
 
@@ -205,50 +224,27 @@ class Builder:
         return batches
 
     def fetch_sources(self, stages: list[Stage]) -> None:
-        """Pin what the stages need in the build's own source dir, fetching what is missing.
+        """Pin what the stages need (SourcePins), fetching what the store does not have.
 
-        A pin is a hard link to the store's file: another build's eviction may take the
-        name out of the store, but never the file from under us. Downloads land in our
-        dir and are published to the store when verified (the prefetch did most already).
+        Downloads land among the pins and are published to the store once verified
+        (the prefetch did most already).
         """
         wanted = self.wanted_sources(stages)
         unknown = wanted - {c for items in self.manifest.sources.values() for c in items}
         if unknown:
             raise OsbuildError(f"no source provides {sorted(unknown)[0]}")
         self.used |= wanted
-        cache = self.store.source_dir()
         # Hashed before they are pinned: a store file changed on disk is removed
         # and fetched again below (sources.check_cached says why).
-        sources.check_cached(cache, [c for c in wanted if not (self.pinned / c).exists()],
+        sources.check_cached(self.store.source_dir(), [c for c in wanted if c not in self.pins],
                              self.monitor.message)
         for checksum in sorted(wanted):
-            pin = self.pinned / checksum
-            try:
-                os.link(cache / checksum, pin)
-            except (FileNotFoundError, FileExistsError):
-                pass  # not in the store (fetched below), or pinned already
-            if pin.exists():
-                os.utime(pin)  # the store's file too: last use, for LRU eviction
-        for kind, items in self.missing_sources(wanted, self.pinned).items():
+            self.pins.pin(checksum)  # what is not in the store is fetched below
+        for kind, items in self.missing_sources(wanted, self.pins.path).items():
             self.monitor.message(f"fetching {len(items)} files ({kind})")
-            sources.fetch(self.libdir, kind, items, self.pinned,
+            sources.fetch(self.libdir, kind, items, self.pins.path,
                           on_progress=functools.partial(self.monitor.source_progress, kind))
-        self.publish_sources()
-
-    def publish_sources(self) -> None:
-        """Offer the files this build downloaded to later builds through the store.
-
-        Best effort: it also runs while a failed build unwinds, and a file not
-        published is only downloaded again.
-        """
-        cache = self.store.source_dir()
-        for pin in self.pinned.iterdir():
-            if pin.name.startswith("."):
-                continue  # a download in progress or abandoned
-            try:
-                os.link(pin, cache / pin.name)
-            except OSError:
-                pass  # there already (another build was faster), or no room for the name
+        self.pins.publish()
 
     # -- stages ------------------------------------------------------------
 
@@ -267,30 +263,28 @@ class Builder:
             }
             for name, inp in stage.inputs.items():
                 bind, data = inputs.prepare(name, inp, self.pipeline_tree,
-                                            self.pinned, stage_dir)
+                                            self.pins.path, stage_dir)
                 binds.append(bind)
                 args["inputs"][name] = {"path": bind.target, "data": data}
             nodes: dict[str, str] = {}
             if stage.devices:
-                raw = {n: {"type": d.type, "options": d.options, "parent": d.parent}
-                       for n, d in stage.devices.items()}
-                nodes = devices.open_devices(raw, tree, stack)
+                nodes = devices.open_devices(stage.devices, tree, stack)
                 args["devices"] = {n: {"path": p} for n, p in nodes.items()}
             if stage.mounts:
                 mount_root = stage_dir / "mounts"
                 mount_root.mkdir()
-                raw_mounts = [{"name": m.name, "type": m.type, "source": m.source,
-                               "target": m.target, "options": m.options} for m in stage.mounts]
-                mounts.mount_all(raw_mounts, nodes, mount_root, stack)
+                mounts.mount_all(stage.mounts, nodes, mount_root, stack)
                 binds.append(Bind(mount_root, MOUNTS, readonly=False))
                 args["mounts"] = {m.name: {"path": MOUNTS + m.target.rstrip("/")}
                                   for m in stage.mounts}
-            # Only stages whose .meta.json says "network": true get it (unpinned installers).
-            meta = load_meta(self.libdir, stage.kind, stage.name) or {}
+            # Beyond the default sandbox, a stage gets what its .meta.json lists under
+            # "capabilities" (the network, for unpinned installers).
+            info = module_info(self.libdir, stage.kind, stage.name)
             run = buildroot.run(f"{stage.kind}/{stage.name}", args, tree, stage_dir, binds,
                                 list(nodes.values()),
                                 on_output=lambda line: self.monitor.stage_output(stage, line),
-                                network=bool(meta.get("network")), timeout=self.stage_timeout)
+                                capabilities=info.capabilities if info else frozenset(),
+                                timeout=self.stage_timeout)
         result = StageResult(stage.id, stage.name, pipeline.name, run.returncode == 0, False,
                              time.monotonic() - start, run.metadata, run.tail)
         self.monitor.stage_result(stage, result)
@@ -304,7 +298,7 @@ class Builder:
             if run.returncode > 0 and is_full(self.workdir, said):
                 raise StageFailed(pipeline.name, stage.name, stage.id, run.returncode, run.tail,
                                   f"failed with exit status {run.returncode}: no space left on "
-                                  f"device in the store {self.store.path}", NO_SPACE_HINT)
+                                  f"device in the store {self.store.path}", out_of_space="store")
             raise StageFailed(pipeline.name, stage.name, stage.id, run.returncode, run.tail)
         if pipeline.source_epoch is not None:
             clamp_mtimes(tree, pipeline.source_epoch)
@@ -321,15 +315,13 @@ class Builder:
         target = output_dir / name
         partial = output_dir / f".{name}.partial-{os.getpid()}"
         self.stack.callback(remove_tree, partial)
-        with out_of_space("the output directory", output_dir, "--output-directory"):
+        with out_of_space("output directory", output_dir):
             copy_tree(self.trees[name], partial)
         replace_tree(partial, target)  # another build may be exporting there too
         self.monitor.exported(name, str(target))
 
 
 # -- running out of space ------------------------------------------------------
-
-NO_SPACE_HINT = "free some space there, or point --store at a larger file system"
 
 
 def is_full(path: Path, said_so: bool) -> bool:
@@ -349,8 +341,11 @@ def is_full(path: Path, said_so: bool) -> bool:
 
 
 @contextmanager
-def out_of_space(where: str, path: Path, option: str) -> Iterator[None]:
-    """Turn running out of space under `path` into one line that names it, not a traceback."""
+def out_of_space(place: Place, path: Path) -> Iterator[None]:
+    """Turn running out of space under `path` into one line that names it, not a traceback.
+
+    The error says which place filled up; the CLI adds the hint naming its option.
+    """
     try:
         yield
     except StageFailed:
@@ -360,10 +355,8 @@ def out_of_space(where: str, path: Path, option: str) -> Iterator[None]:
             raise
         if isinstance(error, OsbuildError) and not any(t in str(error) for t in NO_SPACE_TEXTS):
             raise
-        kind = StoreError if option == "--store" else OsbuildError
-        raise kind(f"no space left on device in {where} {path}",
-                   hint=f"free some space there, or point {option} at a larger file system"
-                   ) from None
+        kind = StoreError if place == "store" else OsbuildError
+        raise kind(f"no space left on device in the {place} {path}", out_of_space=place) from None
 
 
 def remove_if_empty(path: Path) -> None:

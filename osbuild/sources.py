@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from . import interrupts, keepalive
 from .errors import ModuleNotFound, SourceError
+from .sizes import DEFAULT_MAX_SIZE
 
 CHECKSUM_PATTERN = r"^(md5|sha1|sha256|sha384|sha512):[0-9a-f]{32,128}$"
 _CHECKSUM_RE = re.compile(CHECKSUM_PATTERN)
@@ -63,7 +64,7 @@ DEFAULT_TIMEOUT = 30.0  # seconds without data before a connection counts as dea
 DEFAULT_WORKERS = 8  # pool files are many and small: latency, not bandwidth, bounds them
 # Items carry no size, so a server streaming without end would fill the disk: no
 # single file may be larger than the store's default size limit.
-DEFAULT_MAX_SIZE = 20 * 1024**3
+DEFAULT_MAX_FILE_SIZE = DEFAULT_MAX_SIZE
 # A server that drips a few bytes at a time never trips the read timeout: a download
 # slower than this, averaged over the timeout, counts as dead (curl's speed limit).
 DEFAULT_MIN_SPEED = 1000  # bytes per second
@@ -357,7 +358,7 @@ class Context:
         self.backoff = _env_number("OSBUILD_SOURCES_BACKOFF", DEFAULT_BACKOFF, float)
         self.timeout = _env_number("OSBUILD_SOURCES_TIMEOUT", DEFAULT_TIMEOUT, float)
         self.workers = max(1, int(_env_number("OSBUILD_SOURCES_WORKERS", DEFAULT_WORKERS, int)))
-        self.max_size = int(_env_number("OSBUILD_SOURCES_MAX_SIZE", DEFAULT_MAX_SIZE, int))
+        self.max_size = int(_env_number("OSBUILD_SOURCES_MAX_SIZE", DEFAULT_MAX_FILE_SIZE, int))
         self.min_speed = _env_number("OSBUILD_SOURCES_MIN_SPEED", DEFAULT_MIN_SPEED, float)
         # Set when one item failed or the engine went away: the others stop early.
         self.stop = threading.Event()

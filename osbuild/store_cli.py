@@ -14,23 +14,10 @@ from pathlib import Path
 from . import cli
 from .cli import Parser
 from .errors import OsbuildError
-from .objectstore import (
-    DEFAULT_MAX_SIZE,
-    Entry,
-    ObjectStore,
-    default_store_path,
-    format_size,
-    parse_size,
-)
+from .objectstore import Entry, ObjectStore, default_store_path
+from .sizes import DEFAULT_MAX_SIZE, format_size, size_option
 
 PROG = "osbuild-store"
-
-
-def size_argument(text: str) -> int | None:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def build_parser() -> Parser:
@@ -47,7 +34,7 @@ def build_parser() -> Parser:
     # The limit is not stored: each build passes its own; this says which to compare with.
     du.add_argument(
         "--max-size",
-        type=size_argument,
+        type=size_option,
         default=DEFAULT_MAX_SIZE,
         help="the limit to report (default: 20G)",
     )
@@ -55,7 +42,7 @@ def build_parser() -> Parser:
     group = prune.add_mutually_exclusive_group()
     group.add_argument(
         "--max-size",
-        type=size_argument,
+        type=size_option,
         default=DEFAULT_MAX_SIZE,
         help="shrink to SIZE, e.g. 5G (default: 20G)",
     )

@@ -16,14 +16,8 @@ import pytest
 
 from osbuild import objectstore
 from osbuild.errors import StoreError
-from osbuild.objectstore import (
-    DEFAULT_MAX_SIZE,
-    FORMAT,
-    ObjectStore,
-    default_store_path,
-    format_size,
-    parse_size,
-)
+from osbuild.objectstore import FORMAT, ObjectStore, default_store_path
+from osbuild.sizes import DEFAULT_MAX_SIZE, format_size, parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
 ID_A, ID_B, ID_C = ("a" * 64, "b" * 64, "c" * 64)
@@ -328,10 +322,27 @@ def test_lru_eviction_over_objects_and_sources(tmp_path):
         assert [e.id for e in store.entries()] == [SRC_1, ID_C, ID_A]
         assert not store.contains(ID_B) and not (store.source_dir() / SRC_2).exists()
 
-        store.touch_source(SRC_1)
+        with store.source_pins() as pins:  # a use makes it the most recent
+            assert pins.pin(SRC_1) and not pins.pin(SRC_2)
         assert [e.id for e in store.entries()][-1] == SRC_1
         assert store.evict() == []  # fits now
         assert [e.id for e in store.prune(max_size=sizes[SRC_1])] == [ID_C, ID_A]
+        assert os.listdir(tmp_path / "store/tmp") == []
+
+
+def test_pinned_sources_are_not_evicted_and_downloads_are_published(tmp_path):
+    with ObjectStore(tmp_path / "store", max_size=0) as store:
+        add_source(store, SRC_1, 4096)
+        with store.source_pins() as pins:
+            assert pins.pin(SRC_1) and SRC_1 in pins and SRC_2 not in pins
+            (pins.path / SRC_2).write_bytes(b"downloaded")
+            (pins.path / ".tmp-123-partial").write_bytes(b"half")
+            assert store.evict() == []  # pinned: a running build reads it
+            assert (store.source_dir() / SRC_1).exists()
+        assert not pins.path.exists()
+        assert sorted(os.listdir(store.source_dir())) == [SRC_1, SRC_2]  # not the partial
+        assert (store.source_dir() / SRC_2).read_bytes() == b"downloaded"
+        assert sorted(store.evict()) == [SRC_1, SRC_2]  # unpinned: evicted
         assert os.listdir(tmp_path / "store/tmp") == []
 
 
