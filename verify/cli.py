@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from .accel import probe
+from osbuild.accel import probe
+
 from .console import ConsoleError
 from .qemu import ARCHES, VM, VMError, console_tail, default_artifacts
 from .ssh import SSHError

@@ -35,7 +35,8 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
-from .accel import Accel, probe
+from osbuild.accel import Accel, probe
+
 from .console import SerialConsole
 from .ssh import SSH
 

@@ -16,7 +16,8 @@ Modules, one concern each:
 - treeview: safe, chroot-like reads from an OS tree that may hold hostile symlinks.
 - tree: everything read from the OS tree (packages, os-release, services, ...).
 - backends, backend_loop, backend_guestfs (+ guestfs_server): how file systems
-  inside an image are reached: loop devices as root, libguestfs without root.
+  inside an image are reached: loop devices as root, libguestfs without root;
+  backend_types: the Backend protocol all three share.
 """
 
 from osbuild.errors import OsbuildError

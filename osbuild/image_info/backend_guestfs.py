@@ -3,7 +3,7 @@
 The appliance is a small VM booted with the host's kernel (supermin needs one
 installed: linux-image-cloud-amd64 in ci/apt-packages.txt), started directly
 by libguestfs (LIBGUESTFS_BACKEND=direct, no libvirt). It uses KVM only when
-verify.accel's probe has seen KVM run that same host kernel to its end; where
+osbuild.accel's probe has seen KVM run that same host kernel to its end; where
 /dev/kvm exists but guests hang or qemu aborts (the build hosts), it runs under
 TCG (force_tcg), which makes a run take tens of seconds instead of the loop
 backend's two. The libguestfs binding is in the system Python
@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from osbuild import accel
 from osbuild.image_info import ImageInfoError, bootloader, tree
-from osbuild.image_info.backends import MountFailed, Unmount
+from osbuild.image_info.backend_types import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
 from osbuild.image_info.source import extract_tarball, scratch_dir
 from osbuild.image_info.treeview import Tree
-from verify import accel
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("guestfs_server.py")
@@ -51,7 +51,7 @@ def _environment(scratch: Path) -> dict[str, str]:
 def _kvm_usable() -> bool:
     """Whether the appliance may use KVM; libguestfs would take a broken KVM and hang or abort.
 
-    verify.accel boots the host's kernel under KVM, the very kernel the appliance
+    osbuild.accel boots the host's kernel under KVM, the very kernel the appliance
     boots, and honours OSBUILD_BOOT_ACCEL=kvm|tcg.
     """
     if platform.machine() != "x86_64":

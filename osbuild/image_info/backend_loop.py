@@ -13,7 +13,7 @@ from pathlib import Path
 
 from osbuild.devices import loopback
 from osbuild.errors import OsbuildError
-from osbuild.image_info.backends import MountFailed, Unmount
+from osbuild.image_info.backend_types import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
 from osbuild.image_info.source import scratch_dir, signals_deferred
 from osbuild.image_info.treeview import Tree

@@ -17,43 +17,18 @@ and the ESP is read with mtools instead (see bootloader).
 import contextlib
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from osbuild.image_info import ImageInfoError
+from osbuild.image_info.backend_types import Backend, MountFailed, Unmount
 from osbuild.image_info.disk import Filesystem, Layout, Partition
+from osbuild.image_info.tree import fstab_entries
 from osbuild.image_info.treeview import Tree
 
 MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 BTRFS_ROOT_SUBVOLUMES = ("@", "root")
 BACKENDS = ("auto", "loop", "guestfs")
-
-Unmount = Callable[[], None]
-
-
-class MountFailed(ImageInfoError):
-    """A file system could not be mounted (the caller decides whether that matters)."""
-
-
-class Backend(Protocol):
-    """What a backend offers: mounts, a few reads while mounting, and the tree at the end."""
-
-    name: str
-
-    def mount(self, part: Partition | None, target: str, fstype: str,
-              options: list[str]) -> Unmount:
-        """Mount `part` (None: the whole image) read-only at `target` of the tree."""
-        ...
-
-    def exists(self, path: str) -> bool: ...
-
-    def read_text(self, path: str) -> str | None: ...
-
-    def tree(self) -> Tree:
-        """The mounted tree as a local Tree (live or a copy of what the report reads)."""
-        ...
 
 
 def mount_options(fstype: str, extra: list[str]) -> list[list[str]]:
@@ -81,6 +56,8 @@ def choose(name: str) -> str:
 
 def open_backend(name: str, image: Path, stack: contextlib.ExitStack) -> Backend:
     """The backend `name` (loop or guestfs) on a raw `image`, released with `stack`."""
+    # Imported only when chosen: the guestfs path runs under the system Python too,
+    # which may lack what the loop backend's engine modules need (jsonschema).
     if name == "loop":
         from osbuild.image_info.backend_loop import LoopBackend
 
@@ -192,8 +169,6 @@ def mount_os(backend: Backend, layout: Layout) -> Tree | None:
 
 
 def _fstab(backend: Backend) -> list[tuple[str, str, str, str]]:
-    from osbuild.image_info.tree import fstab_entries
-
     entries = fstab_entries(backend.read_text("etc/fstab") or "")
     # Parents before children: /var before /var/log.
     return sorted(entries, key=lambda e: e[1].count("/") if e[1] != "/" else 0)

@@ -589,7 +589,7 @@ class GuestfsEnv:
             monkeypatch.delenv(name, raising=False)
 
     def __call__(self, kvm: bool, machine: str = "x86_64") -> dict[str, str]:
-        from verify import accel
+        from osbuild import accel
 
         def probe() -> accel.Accel:
             self.probes.append(machine)
@@ -631,8 +631,8 @@ def test_guestfs_off_x86_uses_kvm_only_when_asked(guestfs_env: GuestfsEnv,
 
 def test_guestfs_probe_honours_osbuild_boot_accel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real probe, with its override: no qemu is started for either answer."""
+    from osbuild import accel
     from osbuild.image_info import backend_guestfs
-    from verify import accel
 
     monkeypatch.delenv("LIBGUESTFS_BACKEND_SETTINGS", raising=False)
     monkeypatch.setattr(backend_guestfs.platform, "machine", lambda: "x86_64")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from verify import accel, qemu
+from osbuild import accel
+from verify import qemu
 from verify.boot import boot
 from verify.console import ConsoleError
 from verify.qemu import VM, VMError

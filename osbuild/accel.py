@@ -7,6 +7,9 @@ and requires it to get all the way to its "no root file system" panic, which
 takes about a second under KVM and three under TCG. Only then is KVM used.
 
 OSBUILD_BOOT_ACCEL=kvm|tcg skips the probe.
+
+Both verify's boot harness and image-info's guestfs appliance ask it, so it
+lives in osbuild (verify may import osbuild, never the other way round).
 """
 
 import functools
