@@ -1,0 +1,155 @@
+"""The house rules of HACKING.md that a machine can check: who imports whom.
+
+The engine reads top-down with no import cycle; osbuild never imports verify;
+the stage toolkit runs on a build root's bare Python, so it and the stages
+import only the standard library and the toolkit; stages run tools through
+osbuild.tool.run, never subprocess themselves.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "osbuild"
+TOOLKIT_MODULES = {"osbuild.api", "osbuild.stagelib", "osbuild.tool", "osbuild.debian",
+                   "osbuild.tarlib"}
+TOOLKIT_PACKAGES = ("osbuild.disk",)
+TOOLKIT_MAX_LINES = 375  # "about 350": one concern per module
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def engine_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def is_toolkit(name: str) -> bool:
+    return name in TOOLKIT_MODULES or any(
+        name == pkg or name.startswith(pkg + ".") for pkg in TOOLKIT_PACKAGES)
+
+
+def imports(path: Path, name: str) -> set[str]:
+    """Every module `path` imports, at any depth of the file, relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            # `from pkg import mod` imports the module pkg.mod where there is one.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def project_imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The modules of osbuild/ that `path` imports (a package counts as its __init__)."""
+    return {m for m in imports(path, name) if m in known and m != name}
+
+
+def test_the_engine_has_no_import_cycle() -> None:
+    modules = engine_modules()
+    known = set(modules)
+    graph = {name: project_imports(path, name, known) for name, path in modules.items()}
+    # A package's __init__ is imported by each of its modules; that is no cycle of ours
+    # unless the __init__ itself imports one of them back, which the graph shows.
+    cycles = strongly_connected(graph)
+    assert not cycles, "import cycles in osbuild/: " + "; ".join(
+        " -> ".join(sorted(c)) for c in cycles)
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Tarjan's algorithm: the components with more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+    counter = 0
+
+    def visit(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for succ in graph.get(node, ()):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.add(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_osbuild_never_imports_verify() -> None:
+    offenders = sorted(name for name, path in engine_modules().items()
+                       if any(m == "verify" or m.startswith("verify.")
+                              for m in imports(path, name)))
+    assert not offenders, f"osbuild modules importing verify: {offenders}"
+
+
+def allowed_in_sandbox(module: str) -> bool:
+    """Whether a build root's Python has `module` (or `module` names a thing in one)."""
+    parts = module.split(".")
+    if parts[0] in sys.stdlib_module_names or module in ("osbuild", ""):
+        return True
+    return any(is_toolkit(".".join(parts[:n])) for n in range(2, len(parts) + 1))
+
+
+def executables() -> list[Path]:
+    return sorted(p for kind in ("stages", "assemblers") for p in (ROOT / kind).glob("org.*")
+                  if p.is_file() and not p.name.endswith(".json"))
+
+
+def test_the_toolkit_imports_only_the_stdlib_and_itself() -> None:
+    bad = {}
+    for name, path in engine_modules().items():
+        if not is_toolkit(name):
+            continue
+        outside = sorted(m for m in imports(path, name) if not allowed_in_sandbox(m))
+        if outside:
+            bad[name] = outside
+    assert not bad, f"toolkit modules importing what a build root lacks: {bad}"
+
+
+@pytest.mark.parametrize("path", executables(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stages_use_the_toolkit(path: Path) -> None:
+    found = imports(path, "__main__")
+    assert "subprocess" not in found, f"{path.name} calls subprocess itself: use osbuild.tool.run"
+    outside = sorted(m for m in found if not allowed_in_sandbox(m))
+    assert not outside, f"{path.name} imports {outside}: stages may import the toolkit only"
+
+
+def test_toolkit_modules_are_small() -> None:
+    big = {name: n for name, path in engine_modules().items() if is_toolkit(name)
+           and (n := len(path.read_text(encoding="utf-8").splitlines())) > TOOLKIT_MAX_LINES}
+    assert not big, f"toolkit modules over {TOOLKIT_MAX_LINES} lines (one concern each): {big}"
