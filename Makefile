@@ -1,4 +1,6 @@
-# osbuild-deb developer entry points. Run `sudo ci/setup` once on a fresh machine.
+# osbuild-deb developer entry points. `ci/setup` (run by every target that needs
+# it) sets up a fresh machine. Builds and tests need root: as a user they run
+# through sudo, as root (where sudo may not exist) directly.
 VENV ?= .venv
 PY = $(VENV)/bin/python
 STORE ?= $(CURDIR)/.store
@@ -6,6 +8,7 @@ OUTPUT ?= $(CURDIR)/output
 SAMPLE ?= samples/debian13-qcow2.json
 EXPORT ?= qcow2
 PYTEST_ARGS ?=
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo -E)
 
 .PHONY: setup sample samples bench test test-fast lint clean
 
@@ -15,27 +18,27 @@ setup:
 # A pinned manifest is made from its template once and reused, so rebuilds are
 # cached; `make samples` refreshes the pins.
 samples/%.json: samples/src/%.yaml | setup
-	$(VENV)/bin/osbuild-mpp $< $@
+	$(AS_ROOT) $(VENV)/bin/osbuild-mpp $< $@
 
 sample: setup $(SAMPLE)
-	$(VENV)/bin/osbuild --store $(STORE) --output-directory $(OUTPUT) --export $(EXPORT) $(SAMPLE)
+	$(AS_ROOT) $(VENV)/bin/osbuild --store $(STORE) --output-directory $(OUTPUT) --export $(EXPORT) $(SAMPLE)
 
 # Regenerate every pinned sample manifest from its template (needs the archive).
 SAMPLE_SOURCES = $(wildcard samples/src/*.yaml)
 samples: setup
 	for src in $(SAMPLE_SOURCES); do \
-		$(VENV)/bin/osbuild-mpp $$src samples/$$(basename $$src .yaml).json || exit 1; \
+		$(AS_ROOT) $(VENV)/bin/osbuild-mpp $$src samples/$$(basename $$src .yaml).json || exit 1; \
 	done
 
 bench: setup $(SAMPLE)
-	$(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT)
-	$(PY) bench/check-images-parallel
+	$(AS_ROOT) $(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT)
+	$(AS_ROOT) $(PY) bench/check-images-parallel
 
 test: setup
-	$(PY) -m pytest -n auto -q $(PYTEST_ARGS)
+	$(AS_ROOT) $(PY) -m pytest -n auto -q $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)
+	$(AS_ROOT) $(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)
 
 # Golden cases (test/cases, one per stage and assembler): build a and b of each,
 # compare the tree diff with the golden. STAGES="org.osbuild.hostname ..." picks
@@ -47,13 +50,13 @@ JOBS ?= auto
 .PHONY: check-images golden
 
 check-images: setup
-	CASES="$(STAGES)" CASES_OFFLINE="$(OFFLINE)" \
+	$(AS_ROOT) env CASES="$(STAGES)" CASES_OFFLINE="$(OFFLINE)" \
 		$(PY) -m pytest -n $(JOBS) -q test/cases/test_cases.py $(PYTEST_ARGS)
 
 # Refresh manifests (from test/cases/casedefs.py) and goldens, deliberately; review
 # `git diff test/cases` before committing.
 golden: setup
-	$(PY) tools/gen-golden --manifests $(if $(OFFLINE),--offline) $(STAGES)
+	$(AS_ROOT) $(PY) tools/gen-golden --manifests $(if $(OFFLINE),--offline) $(STAGES)
 
 # Boot tests (test/vm) alone: build test images into one shared store, boot them
 # under qemu (TCG when KVM does not work) and check them from inside. Slow: about
@@ -61,7 +64,7 @@ golden: setup
 # boots leave logs and screendumps under OSBUILD_BOOT_ARTIFACTS (or pytest's tmp).
 .PHONY: check-vm
 check-vm: setup
-	$(PY) -m pytest -n $(JOBS) -q test/vm $(PYTEST_ARGS)
+	$(AS_ROOT) $(PY) -m pytest -n $(JOBS) -q test/vm $(PYTEST_ARGS)
 
 # Stages, sources, assemblers and runners are extensionless Python: name them.
 EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/* test/data/stages/* test/data/assemblers/*)) ci/etc-snapshot ci/stage-gate
@@ -72,4 +75,4 @@ lint: setup
 
 clean:
 	rm -rf $(OUTPUT)
-	$(VENV)/bin/osbuild store prune --all --store $(STORE) 2>/dev/null || true
+	$(AS_ROOT) $(VENV)/bin/osbuild store prune --all --store $(STORE) 2>/dev/null || true

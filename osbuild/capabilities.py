@@ -3,8 +3,8 @@
 Stages run as root without a user namespace, so they could hold every
 capability root has. The sandbox grants DEFAULT_CAPABILITIES, what building a
 tree needs, plus what the module's .meta.json lists under "capabilities" (an
-allow-list, as upstream osbuild's meta.json has it): Linux `CAP_*` names, and
-NETWORK.
+allow-list, as upstream osbuild's meta.json has it): Linux `CAP_*` names,
+NETWORK and EMULATION.
 """
 
 import functools
@@ -29,7 +29,12 @@ LINUX_CAPABILITIES = (
 # beyond the default sandbox, stated in its meta.json and granted to it alone.
 NETWORK = "network"
 
-KNOWN_CAPABILITIES = frozenset(LINUX_CAPABILITIES) | {NETWORK}
+# Not a Linux capability either: the stage runs programs of the tree it builds,
+# which may be of another architecture; the engine holds qemu-user's binfmt_misc
+# handlers while it runs (osbuild/binfmt.py).
+EMULATION = "emulation"
+
+KNOWN_CAPABILITIES = frozenset(LINUX_CAPABILITIES) | {NETWORK, EMULATION}
 
 # What stages need to build a tree as root. The namespaced ones (network,
 # IPC, pids) act only inside the sandbox's own namespaces.
@@ -72,7 +77,7 @@ WITHHELD_CAPABILITIES = frozenset(LINUX_CAPABILITIES) - DEFAULT_CAPABILITIES
 
 
 def kernel_order(capabilities: Iterable[str]) -> list[str]:
-    """The Linux capabilities among `capabilities`, in bit order (NETWORK is left out)."""
+    """The Linux capabilities among `capabilities`, in bit order (pseudo ones are left out)."""
     wanted = set(capabilities)
     return [cap for cap in LINUX_CAPABILITIES if cap in wanted]
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import osbuild.api
 import osbuild.tool
+from osbuild import architectures
 
 # Docs, manual pages and translations: what minimal images usually leave out.
 # The copyright files stay, as Debian's licences ask.
@@ -108,6 +109,39 @@ def native_architecture() -> str:
     """The build root's dpkg architecture: a tree's, unless its options say otherwise."""
     return osbuild.tool.run(["dpkg", "--print-architecture"],
                             "asking dpkg for its architecture").stdout.strip()
+
+
+def tree_architecture(tree: str) -> str | None:
+    """The architecture of the tree's dpkg (its native one), or None for a tree without dpkg."""
+    status = os.path.join(tree, "var/lib/dpkg/status")
+    if not os.path.isfile(status):
+        return None
+    with open(status, encoding="utf-8", errors="replace") as f:
+        for stanza in f.read().split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                          if ": " in line and not line.startswith(" "))
+            if fields.get("Package") == "dpkg":
+                return fields.get("Architecture")
+    return None
+
+
+def check_can_run(architecture: str, mmdebstrap: bool = False) -> None:
+    """Fail clearly when programs of `architecture` cannot run in this sandbox.
+
+    A foreign tree's programs run through the host's qemu-user, which the engine
+    registers with binfmt_misc for stages that ask for it (see osbuild/binfmt.py).
+    """
+    native = native_architecture()
+    if architectures.runs_natively(native, architecture):
+        return
+    handler = architectures.binfmt_name(architecture)
+    if not os.path.exists(f"/proc/sys/fs/binfmt_misc/{handler}"):
+        osbuild.api.fail(f"an {architecture} tree needs qemu-user on this {native} host, and "
+                         f"binfmt_misc has no {handler} handler: install qemu-user-static "
+                         "on the host")
+    if mmdebstrap and not shutil.which("arch-test"):
+        osbuild.api.fail(f"an {architecture} tree needs arch-test in the build root "
+                         "(mmdebstrap checks emulation with it)")
 
 
 # --- initrds ------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ the essential closure (what mmdebstrap unpacks before dpkg can run) is
 resolved on its own first, so the install stage can put it down first.
 
 osbuild-depsolve-deb [REQUEST]   REQUEST is JSON or YAML (a file, or stdin):
-  {suite, architecture, mirror?, keyrings?, components?, packages?, exclude?,
-   variant?, extra-repos?}
+  {suite, architecture, foreign-architectures?, mirror?, keyrings?, components?,
+   packages?, exclude?, variant?, extra-repos?}
+A package of a foreign architecture is named name:arch (a build root that holds
+another architecture's GRUB EFI image, for instance).
 prints {"sources": {"org.osbuild.curl": {"items": ...}}, "packages": [...]}.
 """
 
@@ -75,6 +77,8 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         **_REPO,
         "architecture": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]*$"},
+        "foreign-architectures": {"type": "array", "uniqueItems": True,
+                                  "items": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]*$"}},
         "packages": {"type": "array", "items": {"type": "string", "pattern": _PACKAGE}},
         "exclude": {"type": "array", "items": {"type": "string", "pattern": _PACKAGE}},
         "variant": {"enum": list(VARIANTS)},
@@ -164,11 +168,12 @@ class AptRoot:
     apt configuration is read and nothing of its state is touched.
     """
 
-    def __init__(self, repos: Sequence[Repo], architecture: str):
+    def __init__(self, repos: Sequence[Repo], architecture: str, foreign: Sequence[str] = ()):
         if not repos:
             raise RequestError("no repository given")
         self.repos = list(repos)
         self.architecture = architecture
+        self.foreign = [a for a in foreign if a != architecture]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._index: dict[tuple[str, str, str], tuple[dict[str, str], str]] | None = None
         self._essential_closure: list[tuple[str, str, str]] | None = None
@@ -203,7 +208,7 @@ class AptRoot:
         self.config.write_text(
             f'Dir "{root}/";\n'
             f'APT::Architecture "{self.architecture}";\n'
-            f'APT::Architectures "{self.architecture}";\n'
+            f'APT::Architectures "{",".join([self.architecture, *self.foreign])}";\n'
             # apt counts itself as essential unless told not to; the variants decide.
             'pkgCacheGen::ForceEssential ",";\n'
             'APT::Install-Recommends "false";\n'
@@ -227,6 +232,15 @@ class AptRoot:
         # a missing component is only a warning to apt, but would pin a smaller world
         if proc.returncode != 0 or re.search(r"^(E: |W: Skipping acquire)", output, re.M):
             raise DepsolveError(self._update_error(output))
+        listed = self.apt("indextargets", "--format", "$(FILENAME)\t$(ARCHITECTURE)",
+                          "Identifier: Packages").stdout.splitlines()
+        fetched = {arch for filename, _, arch in (line.partition("\t") for line in listed)
+                   if Path(filename).is_file()}
+        for arch in [self.architecture, *self.foreign]:
+            if arch not in fetched:
+                main = self.repos[0]
+                raise DepsolveError(f"architecture '{arch}' is not in {main.suite} at "
+                                    f"{main.mirror}")
         if not self._targets():
             raise DepsolveError("apt-get update fetched no Packages index "
                                 f"(components {', '.join(self.repos[0].components)})")
@@ -383,10 +397,11 @@ def repos_for(suite: str, mirror: str, keyrings: Sequence[Path], components: Seq
 def depsolve(suite: str, architecture: str, mirror: str, keyrings: Sequence[Path],
              packages: Sequence[str], components: Sequence[str] = ("main",),
              exclude: Sequence[str] = (), variant: str = "minbase",
-             extra_repos: Iterable[dict[str, Any]] = ()) -> Solution:
+             extra_repos: Iterable[dict[str, Any]] = (),
+             foreign: Sequence[str] = ()) -> Solution:
     """Resolve `variant` plus `packages` for one suite in a fresh apt root."""
     repos = repos_for(suite, mirror, keyrings, components, extra_repos)
-    with AptRoot(repos, architecture) as root:
+    with AptRoot(repos, architecture, foreign) as root:
         return root.solve(packages, exclude, variant)
 
 
@@ -436,6 +451,7 @@ def solve_request(request: dict[str, Any]) -> Solution:
         exclude=request.get("exclude", []),
         variant=request.get("variant", "minbase"),
         extra_repos=request.get("extra-repos", []),
+        foreign=request.get("foreign-architectures", []),
     )
 
 

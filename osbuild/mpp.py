@@ -61,9 +61,11 @@ class Depsolver:
         repos = repos_for(request["suite"], mirror,
                           [Path(k) for k in request.get("keyrings", [DEFAULT_KEYRING])],
                           request.get("components", ["main"]), request.get("extra-repos", []))
-        key = (tuple(repos), request["architecture"])
+        foreign = tuple(request.get("foreign-architectures", []))
+        key = (tuple(repos), request["architecture"], foreign)
         if key not in self.roots:
-            self.roots[key] = self.stack.enter_context(AptRoot(repos, request["architecture"]))
+            self.roots[key] = self.stack.enter_context(
+                AptRoot(repos, request["architecture"], foreign))
         return self.roots[key].solve(request.get("packages", []), request.get("exclude", []),
                                      request.get("variant", "minbase"))
 

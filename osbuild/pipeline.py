@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, inputs, interrupts, mounts, sources
+from . import binfmt, devices, inputs, interrupts, mounts, sources
 from .buildroot import MOUNTS, Bind, BuildRoot
+from .capabilities import EMULATION
 from .errors import OsbuildError, Place, StageFailed, StageTimeout, StoreError
 from .fsutil import clamp_mtimes, copy_tree, remove_tree, replace_tree
 from .meta import module_info
@@ -101,6 +102,7 @@ class Build:
         self.trees: dict[str, Path] = {}
         self.results: dict[str, list[StageResult]] = {}
         self.used: set[str] = set()  # object ids and source checksums eviction must keep
+        self.emulating = False  # qemu-user's binfmt_misc handlers are held (binfmt.py)
 
     def run(self, plan: list[Pipeline], exports: list[str], output_dir: Path | None) -> None:
         with self.stack as stack:
@@ -280,6 +282,10 @@ class Build:
             # Beyond the default sandbox, a stage gets what its .meta.json lists under
             # "capabilities" (the network, for unpinned installers).
             info = module_info(self.libdir, stage.kind, stage.name)
+            if info and EMULATION in info.capabilities and not self.emulating:
+                # Held to the end of the build: later stages may run the tree's programs too.
+                self.stack.enter_context(binfmt.emulation())
+                self.emulating = True
             run = buildroot.run(f"{stage.kind}/{stage.name}", args, tree, stage_dir, binds,
                                 list(nodes.values()),
                                 on_output=lambda line: self.monitor.stage_output(stage, line),

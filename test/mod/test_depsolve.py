@@ -135,6 +135,24 @@ def test_archive_errors(mirror, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the apt roots are gone, also after errors
 
 
+def test_an_architecture_the_archive_lacks(mirror):
+    for arch, foreign in (("s390", ()), ("amd64", ("no-such-arch",))):
+        with pytest.raises(DepsolveError) as error:
+            depsolve.depsolve("trixie", arch, mirror, [DEFAULT_KEYRING], [], foreign=foreign)
+        wrong = foreign[0] if foreign else arch
+        assert str(error.value) == f"architecture '{wrong}' is not in trixie at {mirror}"
+
+
+def test_a_foreign_package_in_a_native_root(mirror):
+    """A build root of the host's architecture that holds another one's GRUB EFI image."""
+    result = depsolve.depsolve("trixie", "amd64", mirror, [DEFAULT_KEYRING],
+                               ["grub-efi-arm64-bin:arm64"], variant="custom",
+                               foreign=["arm64"])
+    arches = {p["name"]: p["architecture"] for p in result.packages}
+    assert arches["grub-efi-arm64-bin"] == "arm64"
+    assert arches["grub-common"] == "amd64"  # Multi-Arch: foreign, so the native one serves
+
+
 def test_bookworm(mirror):
     result = depsolve.depsolve("bookworm", "amd64", mirror, [DEFAULT_KEYRING],
                                ["systemd", "openssh-server"])

@@ -675,6 +675,56 @@ def test_grub2_efi_src_dir_is_copied(tmp_path: Path) -> None:
     assert (efi / "debian/grub.cfg").exists() and not (efi / "BOOT").exists()
 
 
+def dpkg_of(tree: Path, architecture: str) -> None:
+    """A tree whose dpkg is of `architecture`, as the stages read it."""
+    status = tree / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text("Package: base-files\nArchitecture: amd64\n\nPackage: dpkg\n"
+                      f"Status: install ok installed\nArchitecture: {architecture}\n")
+
+
+def test_grub2_bios_on_an_arm64_tree_fails_clearly(tmp_path: Path) -> None:
+    dpkg_of(fake_tree(tmp_path / "tree", ["6.12.10-arm64"], []), "arm64")
+    tree = tmp_path / "tree"
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_stage("org.osbuild.grub2", {"root_fs_uuid": ROOT_UUID, "legacy": True}, tree, work)
+    assert result.returncode == 1
+    assert result.tail[-1] == ("error: legacy: BIOS GRUB (i386-pc) cannot boot an arm64 tree; "
+                               "use uefi")
+
+
+def test_grub2_uefi_for_another_architecture_than_the_tree_fails(tmp_path: Path) -> None:
+    dpkg_of(fake_tree(tmp_path / "tree", ["6.12.10-arm64"], []), "arm64")
+    tree = run_grub2(tmp_path, {"root_fs_uuid": ROOT_UUID, "uefi": {
+        "vendor": "debian", "install": True}}, ok=False)
+    assert not (tree / "boot/efi/EFI/BOOT").exists()
+    result = run_stage("org.osbuild.grub2", {"root_fs_uuid": ROOT_UUID, "uefi": {
+        "vendor": "debian", "install": True}}, tree, tmp_path / "work")
+    assert result.tail[-1] == ("error: the tree is arm64, but x86_64-efi GRUB (the build root's "
+                               "architecture) is for amd64: set uefi.platform to the tree's")
+
+
+def test_grub2_uefi_platform_names_the_image_and_the_package_it_needs(tmp_path: Path) -> None:
+    dpkg_of(fake_tree(tmp_path / "tree", ["6.12.10-arm64"], []), "arm64")
+    tree = tmp_path / "tree"
+    work = tmp_path / "work"
+    work.mkdir()
+    options = {"root_fs_uuid": ROOT_UUID,
+               "uefi": {"vendor": "debian", "install": True, "platform": "arm64-efi"}}
+    assert valid("org.osbuild.grub2", options)
+    result = run_stage("org.osbuild.grub2", options, tree, work)
+    if Path("/usr/lib/grub/arm64-efi/monolithic/grubaa64.efi").exists():
+        assert result.returncode == 0, result.tail
+        assert (tree / "boot/efi/EFI/BOOT/BOOTAA64.EFI").is_file()
+    else:  # the host is the build root here, and it has no arm64 GRUB
+        assert result.tail[-1] == ("error: the build root has no /usr/lib/grub/arm64-efi/"
+                                   "monolithic/grubaa64.efi; install grub-efi-arm64-bin:arm64 "
+                                   "there")
+    assert not valid("org.osbuild.grub2", {"root_fs_uuid": ROOT_UUID, "uefi": {
+        "vendor": "debian", "platform": "i386-pc"}})
+
+
 VERSION_PAIRS = [
     ("6.1.0-10-amd64", "6.1.0-9-amd64"), ("6.1.0-1-amd64", "6.1.0-10-amd64"),
     ("1.0~rc1", "1.0"), ("1.0", "1.0+b1"), ("1:0.1", "2.0"), ("1.0-1", "1.0-1~bpo1"),

@@ -1,0 +1,122 @@
+"""qemu-user through binfmt_misc: registered while a build needs it, the host left as found.
+
+Real binfmt_misc and real qemu-user-static: tiny static programs for arm64 and
+riscv64 (an exit system call, assembled by hand below) run on this amd64 host
+only while osbuild.binfmt.emulation() holds the handlers. Other tests may
+build foreign trees at the same time, so checks of the host's state are made
+only when no other build holds the handlers; the test-only handler has a name
+and magic of its own.
+"""
+
+import fcntl
+import os
+import platform
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from osbuild import binfmt
+
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="an amd64 host")
+
+# A handler no real program matches: its magic is not an ELF header.
+FAKE_NAME = "osbuild-test-fake"
+FAKE_LINE = f":{FAKE_NAME}:M::\\x00OSBUILDTEST::/bin/false:F"
+
+
+def static_program(machine: int, code: list[int]) -> bytes:
+    """An ELF64 little-endian executable: one loadable segment holding `code` (32-bit words)."""
+    base, entry_offset = 0x400000, 64 + 56
+    body = b"".join(struct.pack("<I", word) for word in code)
+    size = entry_offset + len(body)
+    header = struct.pack("<4sBBBB8xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0,
+                         2, machine, 1, base + entry_offset, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return header + segment + body
+
+
+PROGRAMS = {
+    # movz x0, #42; movz x8, #93 (exit); svc #0
+    "arm64": static_program(0xB7, [0xD2800540, 0xD2800BA8, 0xD4000001]),
+    # addi a0, zero, 42; addi a7, zero, 93 (exit); ecall
+    "riscv64": static_program(0xF3, [0x02A00513, 0x05D00893, 0x00000073]),
+}
+
+
+def nobody_else_holds() -> bool:
+    """Whether no other build holds the handlers (then the host state is ours to check)."""
+    binfmt.STATE.mkdir(parents=True, exist_ok=True)
+    fd = os.open(binfmt.STATE / binfmt.USERS, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def run(path: Path) -> int:
+    try:
+        return subprocess.run([str(path)], check=False).returncode
+    except OSError:
+        return -1  # ENOEXEC: no handler
+
+
+@pytest.fixture
+def programs(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for arch, data in PROGRAMS.items():
+        path = tmp_path / f"exit42-{arch}"
+        path.write_bytes(data)
+        path.chmod(0o755)
+        paths[arch] = path
+    return paths
+
+
+def test_foreign_programs_run_while_emulation_is_held(programs: dict[str, Path]) -> None:
+    if not binfmt.available_handlers():
+        pytest.fail("qemu-user-static is not installed (ci/setup installs it)")
+    before = binfmt.registered()
+    was_mounted = (binfmt.BINFMT_MISC / "register").exists()
+    with binfmt.emulation() as names:
+        assert {"qemu-aarch64", "qemu-riscv64"} <= names
+        for name in ("qemu-aarch64", "qemu-riscv64"):
+            flags = (binfmt.BINFMT_MISC / name).read_text()
+            assert "flags: " in flags and "F" in flags.split("flags: ")[1].split()[0]
+        for arch, path in programs.items():
+            assert run(path) == 42, arch
+    if nobody_else_holds():
+        assert binfmt.registered() == before
+        assert (binfmt.BINFMT_MISC / "register").exists() == was_mounted
+        assert {"qemu-aarch64", "qemu-riscv64"} & before or run(programs["arm64"]) != 42
+
+
+def test_a_handler_the_host_lacks_is_removed_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(binfmt, "available_handlers", lambda: {FAKE_NAME: FAKE_LINE})
+    with binfmt.emulation() as names:
+        assert FAKE_NAME in names
+    if nobody_else_holds():
+        assert FAKE_NAME not in binfmt.registered()
+
+
+def test_a_handler_the_host_had_is_left_as_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    with binfmt.emulation():  # holds binfmt_misc mounted, so "the host" can register one
+        (binfmt.BINFMT_MISC / "register").write_text(FAKE_LINE)
+        try:
+            monkeypatch.setattr(binfmt, "available_handlers", lambda: {FAKE_NAME: FAKE_LINE})
+            with binfmt.emulation() as names:
+                assert FAKE_NAME in names
+            assert FAKE_NAME in binfmt.registered()
+        finally:
+            (binfmt.BINFMT_MISC / FAKE_NAME).write_text("-1")
+
+
+def test_without_qemu_user_static_nothing_is_registered(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setattr(binfmt, "HANDLER_DIR", tmp_path)
+    before = binfmt.registered()
+    with binfmt.emulation() as names:
+        assert names == before
