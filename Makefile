@@ -30,8 +30,11 @@ samples: setup
 		$(AS_ROOT) $(VENV)/bin/osbuild-mpp $$src samples/$$(basename $$src .yaml).json || exit 1; \
 	done
 
-bench: setup $(SAMPLE)
-	$(AS_ROOT) $(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT)
+# Foreign-architecture samples are built cold too, beside the default one.
+BENCH_FOREIGN ?= samples/debian13-arm64-qcow2.json
+bench: setup $(SAMPLE) $(BENCH_FOREIGN)
+	$(AS_ROOT) $(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT) \
+		$(if $(BENCH_FOREIGN),--foreign $(BENCH_FOREIGN))
 	$(AS_ROOT) $(PY) bench/check-images-parallel
 
 test: setup
@@ -62,9 +65,19 @@ golden: setup
 # under qemu (TCG when KVM does not work) and check them from inside. Slow: about
 # 8 minutes on 2 cores. OSBUILD_VM_STORE=DIR keeps the store across runs; failed
 # boots leave logs and screendumps under OSBUILD_BOOT_ARTIFACTS (or pytest's tmp).
-.PHONY: check-vm
+.PHONY: check-vm check-matrix
 check-vm: setup
-	$(AS_ROOT) $(PY) -m pytest -n $(JOBS) -q test/vm $(PYTEST_ARGS)
+	$(AS_ROOT) env MATRIX="$(MATRIX)" $(PY) -m pytest -n $(JOBS) -q test/vm $(PYTEST_ARGS)
+
+# The distro x architecture matrix (cells in test/matrix.py): each cell's sample
+# built, read by image-info and booted, then one table of cell x phase with times.
+# MATRIX="debian13-arm64 debian13-riscv64" picks cells (default: all).
+MATRIX ?=
+check-matrix: setup
+	@report=$$(mktemp -d); \
+	$(AS_ROOT) env MATRIX="$(MATRIX)" MATRIX_REPORT=$$report \
+		$(PY) -m pytest -n $(JOBS) -q test/vm/test_matrix.py $(PYTEST_ARGS); rc=$$?; \
+	MATRIX="$(MATRIX)" $(PY) test/matrix.py $$report; rm -rf $$report; exit $$rc
 
 # Stages, sources, assemblers and runners are extensionless Python: name them.
 EXECUTABLES = $(filter-out %.json,$(wildcard stages/* assemblers/* sources/* runners/* test/data/stages/* test/data/assemblers/*)) ci/etc-snapshot ci/stage-gate

@@ -2,6 +2,7 @@
 
     osbuild-boot-test IMAGE [--timeout S] [--expect-hostname H] [--ssh-key K] [--uefi]
                             [--login USER:PASSWORD] [--run CMD]... [--http PORT[/PATH]]
+                            [--arch x86_64|aarch64|riscv64]
 
 Exit 0 when the image boots to the org.osbuild.test marker or a login prompt
 (and passes the checks asked for), 1 with the reason, where the artifacts are
@@ -17,20 +18,29 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from osbuild.accel import probe
-
+from .arches import Arch, accelerator, lookup, names
 from .console import ConsoleError
-from .qemu import ARCHES, VM, VMError, console_tail, default_artifacts
+from .qemu import BOOT_SECONDS, VM, VMError, console_tail, default_artifacts
 from .ssh import SSHError
 
 PROG = "osbuild-boot-test"
+
+
+def architecture(name: str) -> Arch:
+    """--arch: qemu's name for it, or Debian's (arm64 is aarch64)."""
+    arch = lookup(name)
+    if arch is None:
+        raise argparse.ArgumentTypeError(f"unknown architecture {name!r} "
+                                         f"(known: {', '.join(names())})")
+    return arch
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description="Boot a disk image and check it is up.")
     p.add_argument("image", type=Path, help="the disk image (qcow2, raw, vmdk, ...)")
     p.add_argument("--timeout", type=float, metavar="S",
-                   help="seconds to wait for the boot (default: 300 under TCG, less under KVM)")
+                   help=f"seconds to wait for the boot (default: {BOOT_SECONDS:.0f} for x86_64 "
+                        "under TCG, less under KVM, 6 times that for aarch64, 8 for riscv64)")
     p.add_argument("--expect-hostname", metavar="H",
                    help="fail unless the guest's hostname is H (login prompt, or SSH)")
     p.add_argument("--ssh-key", type=Path, metavar="K",
@@ -41,8 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run CMD in the guest (SSH, else the console) and print its output")
     p.add_argument("--http", action="append", default=[], metavar="PORT[/PATH]",
                    help="GET http://guest:PORT/PATH through a host forward; fail unless 200")
-    p.add_argument("--uefi", action="store_true", help="boot with UEFI firmware (OVMF)")
-    p.add_argument("--arch", choices=sorted(ARCHES), default="x86_64")
+    p.add_argument("--uefi", action="store_true",
+                   help="boot x86_64 with UEFI firmware (OVMF); other arches always boot EFI")
+    p.add_argument("--arch", type=architecture, default="x86_64", metavar="ARCH",
+                   help="the guest's architecture: x86_64 (default), aarch64 or riscv64 "
+                        "(or amd64, arm64); foreign ones run under TCG")
     p.add_argument("--memory", type=int, default=1024, metavar="MIB")
     p.add_argument("--artifacts", type=Path, metavar="DIR",
                    help="where failed boots leave logs and a screendump "
@@ -108,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     forwards = sorted({22} | {int(h.split("/", 1)[0]) for h in args.http})
     start = time.monotonic()
     try:
-        accel = probe() if args.arch == "x86_64" else None
-        if accel:
-            print(f"{PROG}: accelerator {accel.name} ({accel.reason})", file=sys.stderr)
+        accel = accelerator(args.arch)
+        print(f"{PROG}: {args.arch.name}, accelerator {accel.name} ({accel.reason})",
+              file=sys.stderr)
         with VM(args.image, uefi=args.uefi, arch=args.arch, memory=args.memory, accel=accel,
                 forwards=forwards, artifacts=args.artifacts or default_artifacts()) as vm:
             result = vm.wait_boot(args.timeout)

@@ -4,14 +4,16 @@
         result = vm.wait_boot()
         vm.ssh(key).run("hostname")
 
-qemu runs with -snapshot (the image is never written), a virtio disk, user
-networking with host port forwards on free local ports, the serial console in a
-unix socket that qemu also copies to serial.log, the org.osbuild.test
-virtio-serial port in marker.log, the BIOS debug port in firmware.log, and a
-QMP socket driven with qemu.qmp. Everything lives in one temp dir that is
-removed on the way out, after qemu is stopped (QMP quit, then SIGKILL); qemu
-also dies with the Python process that started it. When the block fails, or a
-boot does, the logs and a QMP screendump are kept in an artifacts directory.
+qemu runs with -snapshot (the image is never written), a virtio disk (the
+only boot device), user networking with host port forwards on free local
+ports, the serial console in a unix socket that qemu also copies to
+serial.log, the org.osbuild.test virtio-serial port in marker.log, the BIOS
+debug port in firmware.log, and a QMP socket driven with qemu.qmp. Everything
+lives in one temp dir that is removed on the way out, after qemu is stopped
+(QMP quit, then SIGKILL); qemu also dies with the Python process that started
+it. When the block fails, or a boot does, the logs and a QMP screendump are
+kept in an artifacts directory. What differs between architectures (binary,
+machine, firmware) is in verify.arches.
 """
 
 import asyncio
@@ -35,8 +37,9 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
-from osbuild.accel import Accel, probe
+from osbuild.accel import Accel
 
+from .arches import Arch, accelerator, lookup, names
 from .console import SerialConsole
 from .ssh import SSH
 
@@ -57,6 +60,8 @@ FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Boot failed: not a bootable disk"), "the firmware found no boot code"),
     (re.compile(r"No bootable option or device was found"), "the firmware found nothing to boot"),
     (re.compile(r"^Shell> ", re.MULTILINE), "UEFI fell back to its shell"),
+    # U-Boot's prompt once its boot command has tried every device (riscv64).
+    (re.compile(r"^=> ", re.MULTILINE), "U-Boot found nothing to boot"),
     (re.compile(r"grub rescue> "), "GRUB could not find its modules or config"),
     (re.compile(r"error: you need to load the kernel first"), "GRUB could not load the kernel"),
     (re.compile(r"ALERT! .*"), "the initramfs did not find the root file system"),
@@ -67,26 +72,6 @@ FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"You are in emergency mode.*"), "systemd went into emergency mode"),
     (re.compile(r"Give root password for maintenance.*"), "systemd went into emergency mode"),
 ]
-
-
-@dataclass(frozen=True)
-class Arch:
-    """How to run guests of one architecture."""
-
-    binary: str
-    machine: tuple[str, ...]
-    uefi_code: Path | None
-    uefi_vars: Path | None
-    bios: bool  # can boot with legacy BIOS (and has the debug port)
-
-
-ARCHES = {
-    "x86_64": Arch("qemu-system-x86_64", (), Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
-                   Path("/usr/share/OVMF/OVMF_VARS_4M.fd"), True),
-    "aarch64": Arch("qemu-system-aarch64", ("-machine", "virt"),
-                    Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
-                    False),
-}
 
 
 # What this process started and has not cleaned up yet: for leak checks after a suite.
@@ -147,12 +132,19 @@ class BootResult:
                 f"{self.tail(lines)}")
 
 
-def console_tail(log: str, lines: int = 30) -> str:
-    """The last lines of a console log, without terminal escapes (GRUB's menu is full of them)."""
-    text = re.sub(r"\x1b\[[0-9;?!]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][A-Z0-9]",
+def plain(log: str) -> str:
+    """A console log without terminal escapes and control characters (but \n and \t).
+
+    GRUB's menu and edk2's shell are full of them: edk2 colours "Shell> ".
+    """
+    text = re.sub(r"\x1b\[[0-9;?!=]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][A-Z0-9]",
                   "", log)
-    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)  # \r and the rest, not \n or \t
-    text = re.sub(r"\n{2,}", "\n", text)  # blank lines waste a short tail
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)
+
+
+def console_tail(log: str, lines: int = 30) -> str:
+    """The last lines of a console log, plain and without blank lines (they waste a short tail)."""
+    text = re.sub(r"\n{2,}", "\n", plain(log))
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -230,22 +222,23 @@ class Monitor:
 class VM:
     """A running qemu; see the module docstring."""
 
-    def __init__(self, image: Path | str, *, uefi: bool = False, arch: str = "x86_64",
+    def __init__(self, image: Path | str, *, uefi: bool = False, arch: str | Arch = "x86_64",
                  memory: int = 1024, cpus: int = 2, accel: Accel | None = None,
                  forwards: list[int] | tuple[int, ...] = (22,), name: str | None = None,
                  artifacts: Path | None = None):
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise VMError(f"{image}: no such image")
-        if arch not in ARCHES:
-            raise VMError(f"unsupported architecture {arch!r} (known: {', '.join(ARCHES)})")
-        self.arch = ARCHES[arch]
-        self.uefi = uefi or not self.arch.bios
+        known = arch if isinstance(arch, Arch) else lookup(arch)
+        if known is None:
+            raise VMError(f"unsupported architecture {arch!r} (known: {', '.join(names())})")
+        self.arch = known
+        self.uefi = self.arch.boots_uefi(uefi)
+        if missing := self.arch.missing(uefi):
+            raise VMError(missing)
         self.memory = memory
         self.cpus = cpus
-        self.accel = accel or (probe() if arch == "x86_64" else
-                               Accel("tcg", ("-accel", "tcg", "-cpu", "max"), 2.0,
-                                     "foreign architecture"))
+        self.accel = accel or accelerator(self.arch)
         self.forwards = dict.fromkeys(forwards, 0)  # guest port -> host port
         self.name = name or self.image.stem
         self.artifacts_root = artifacts or default_artifacts()
@@ -279,6 +272,9 @@ class VM:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         _LIVE_DIRS.add(self.workdir)
         self._stack.callback(_remove_dir, self.workdir)
+        if self.uefi and self.arch.uefi_vars:
+            # The firmware writes its variables: each VM gets its own copy.
+            shutil.copy(self.arch.uefi_vars.path, self.vars_copy())
         for attempt in range(3):
             for guest in self.forwards:
                 self.forwards[guest] = free_port()
@@ -316,18 +312,26 @@ class VM:
         _LIVE_PIDS.add(self.proc.pid)
         self.started = time.monotonic()
 
+    def vars_copy(self) -> Path:
+        """This VM's writable copy of the UEFI variables (made when it starts)."""
+        return self.workdir / "efivars.fd"
+
     def command(self) -> list[str]:
         """The qemu command line (see the module docstring for what each part is for)."""
         w = self.workdir
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
                       for guest, host in self.forwards.items())
-        cmd = [self.arch.binary, *self.arch.machine, *self.accel.args,
+        machine = ["-machine", self.arch.machine] if self.arch.machine else []
+        cmd = [self.arch.binary, *machine, *self.accel.args,
                "-m", str(self.memory), "-smp", str(self.cpus),
                "-nodefaults", "-no-reboot", "-display", "none", "-snapshot",
                "-name", f"osbuild-boot-test:{self.name}",
-               "-drive", f"file={self.image},format={image_format(self.image)},if=virtio",
+               # The disk is the only boot device (bootindex, -boot strict): a disk that
+               # does not boot must fail now, not after the firmware tried the network
+               # (edk2 and U-Boot have their own virtio-net drivers, romfile= or not).
+               "-drive", f"file={self.image},format={image_format(self.image)},if=none,id=disk0",
+               "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
                "-device", "virtio-rng-pci",
-               # No network boot ROM: a disk that does not boot must fail now, not after PXE.
                "-netdev", f"user,id=net0{fwd}", "-device", "virtio-net-pci,netdev=net0,romfile=",
                "-chardev", f"socket,id=serial0,path={w}/serial.sock,server=on,wait=off,"
                            f"logfile={w}/serial.log",
@@ -339,23 +343,13 @@ class VM:
                # A panic keeps the guest paused for the screendump instead of quitting.
                "-action", "panic=pause",
                "-boot", "strict=on"]
-        if self.arch.bios:
-            cmd += ["-device", "VGA",  # something for the screendump to show
-                    "-device", "pvpanic",
+        if self.arch.display:
+            cmd += ["-device", self.arch.display]  # something for the screendump to show
+        if self.arch.seabios:
+            cmd += ["-device", "pvpanic",
                     "-chardev", f"file,id=firmware,path={w}/firmware.log",
                     "-device", "isa-debugcon,iobase=0x402,chardev=firmware"]
-        else:
-            cmd += ["-device", "ramfb"]
-        if self.uefi:
-            if not (self.arch.uefi_code and self.arch.uefi_code.exists()
-                    and self.arch.uefi_vars and self.arch.uefi_vars.exists()):
-                raise VMError(f"no UEFI firmware at {self.arch.uefi_code}")
-            vars_copy = w / "efivars.fd"
-            if not vars_copy.exists():
-                shutil.copy(self.arch.uefi_vars, vars_copy)
-            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.arch.uefi_code}",
-                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-        return cmd
+        return cmd + self.arch.firmware_args(self.uefi, self.vars_copy())
 
     def _stop(self) -> None:
         """Stop qemu: QMP quit, then SIGKILL; always reaped, also when interrupted."""
@@ -461,9 +455,9 @@ class VM:
     def handoff(self) -> float | None:
         """When the firmware started the boot loader (now, if it has), else None.
 
-        SeaBIOS says so on its debug port; UEFI firmware has no such line here, so
-        its handoff is taken to be one silence window after qemu's start (OVMF
-        itself needs seconds under TCG before it prints anything).
+        SeaBIOS says so on its debug port; UEFI firmware and U-Boot have no such
+        line here, so their handoff is taken to be one silence window after qemu's
+        start (OVMF itself needs seconds under TCG before it prints anything).
         """
         if self.uefi:
             return self.started + self.accel.seconds(SILENCE_SECONDS)
@@ -472,6 +466,7 @@ class VM:
     def failure(self, serial: str) -> str | None:
         """Why the boot has failed for good, from the consoles; None while it may go on."""
         firmware = self.read("firmware.log")
+        serial = plain(serial)
         for pattern, what in FAILURES:
             for text in (serial, firmware):
                 match = pattern.search(text)
@@ -525,7 +520,7 @@ class VM:
                     and now - handoff > silence:
                 reason = (f"nothing on the serial console {silence:.0f}s after the firmware "
                           "started the boot loader: no boot loader ran, or it does not use "
-                          "the serial console")
+                          f"the serial console ({self.arch.console} on {self.arch.name})")
             if reason is None and not self.running():
                 assert self.proc is not None
                 err = self.stderr().strip().splitlines()[-1:]

@@ -147,8 +147,9 @@ def boot_vm(vm_artifacts: Path, request: pytest.FixtureRequest
     request.node.stash[VMS] = vms = []
 
     def boot(image: VMImage, forwards: tuple[int, ...] = (22,)) -> tuple[qemu.VM, Guest]:
-        vm = stack.enter_context(qemu.VM(image.path, uefi=image.uefi, forwards=forwards,
-                                         name=image.name, artifacts=vm_artifacts))
+        vm = stack.enter_context(qemu.VM(image.path, uefi=image.uefi, arch=image.arch,
+                                         forwards=forwards, name=image.name,
+                                         artifacts=vm_artifacts))
         vms.append(vm)
         # An image with our key also has the boot marker; the samples stop at a login.
         result = vm.wait_boot(until="marker" if image.key else "login")

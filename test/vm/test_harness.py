@@ -3,7 +3,9 @@
 A 22-byte boot sector prints a message on the serial port and halts, so each
 outcome the harness must tell apart (a login prompt, a kernel panic, an
 initramfs shell, silence, nothing bootable, a timeout) is one disk away. None of
-them may leave a qemu process or a temp dir behind.
+them may leave a qemu process or a temp dir behind. The other architectures'
+firmware gets a blank disk: it must start, say so on the serial console and give
+up on the disk at once.
 """
 
 import os
@@ -11,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from osbuild import accel
-from verify import qemu
+from verify import arches, qemu
 from verify.boot import boot
 from verify.console import ConsoleError
 from verify.qemu import VM, VMError
@@ -213,7 +216,7 @@ def test_cli_accepts_a_login_prompt_and_checks_the_hostname(tmp_path: Path) -> N
 
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     for args in (["--login", "rootonly", "x.img"], ["--http", "eighty", "x.img"], [],
-                 ["--run", "true", "x.img"]):
+                 ["--run", "true", "x.img"], ["--arch", "sparc64", "x.img"]):
         proc = subprocess.run([sys.executable, "-m", "verify.cli", *args],
                               capture_output=True, text=True)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -267,3 +270,119 @@ def test_console_tail_drops_terminal_noise() -> None:
            "\x1b[!p\x1b]104\x07[  OK  ] Reached target\r\n\r\nhost login: ")
     assert qemu.console_tail(log) == "GNU GRUB  version 2.12\n[  OK  ] Reached target\nhost login: "
     assert qemu.console_tail("1\n2\n3\n", lines=2) == "2\n3"
+
+
+def option(cmd: list[str], name: str) -> list[str]:
+    """Every value given to the qemu option `name`, in order."""
+    return [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == name]
+
+
+@pytest.mark.parametrize("arch, uefi, machine, cpu, firmware, console, factor", [
+    ("x86_64", False, [], "max", [], "ttyS0", 1.0),
+    ("x86_64", True, [], "max",
+     ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+      "-drive", "if=pflash,format=raw,unit=1,file=@/efivars.fd"], "ttyS0", 1.0),
+    ("arm64", False, ["virt"], "max",
+     ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+      "-drive", "if=pflash,format=raw,unit=1,file=@/efivars.fd"], "ttyAMA0", 6.0),
+    ("riscv64", False, ["virt"], "rv64",
+     ["-bios", "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
+      "-kernel", "/usr/lib/u-boot/qemu-riscv64_smode/uboot.elf"], "ttyS0", 8.0),
+])
+def test_command_line_per_architecture(tmp_path: Path, arch: str, uefi: bool,
+                                       machine: list[str], cpu: str, firmware: list[str],
+                                       console: str, factor: float) -> None:
+    image = disk(tmp_path / "any.img", None)
+    # x86_64 gets TCG handed in: the KVM probe is not what this test is about.
+    vm = VM(image, arch=arch, uefi=uefi, forwards=(),
+            accel=accel.TCG if arch == "x86_64" else None)
+    cmd = vm.command()
+    native = vm.arch.name == "x86_64"
+    assert cmd[0] == f"qemu-system-{vm.arch.name}"
+    assert option(cmd, "-machine") == machine
+    assert option(cmd, "-accel") == ["tcg"], "a foreign guest never runs under KVM"
+    assert option(cmd, "-cpu") == [cpu]
+    assert (vm.accel.scale, vm.arch.console, vm.arch.tcg_factor) == (factor, console, factor)
+    assert vm.accel.seconds(qemu.BOOT_SECONDS) == qemu.BOOT_SECONDS * factor
+    # The firmware options come last, and are the only firmware there is.
+    expected = [a.replace("@/efivars.fd", str(vm.vars_copy())) for a in firmware]
+    assert cmd[len(cmd) - len(expected):] == expected
+    for kind in ("pflash", "-bios", "-kernel"):
+        assert sum(kind in a for a in cmd) == sum(kind in a for a in expected), kind
+    assert vm.uefi == (uefi or not native)
+    # The same for every arch: one virtio disk, the only boot device; the serial console.
+    assert option(cmd, "-drive")[0].endswith(",if=none,id=disk0")
+    assert "virtio-blk-pci,drive=disk0,bootindex=0" in option(cmd, "-device")
+    assert option(cmd, "-serial") == ["chardev:serial0"]
+    assert ("isa-debugcon,iobase=0x402,chardev=firmware" in option(cmd, "-device")) == native
+
+
+def test_debian_and_kernel_names_are_the_same_architecture(tmp_path: Path) -> None:
+    image = disk(tmp_path / "any.img", None)
+    for debian, machine in (("amd64", "x86_64"), ("arm64", "aarch64"), ("riscv64", "riscv64")):
+        assert arches.lookup(debian) is arches.lookup(machine) is arches.ARCHES[machine]
+    with pytest.raises(VMError, match=r"unsupported architecture 'sparc64' \(known: "
+                                      r"aarch64, riscv64, x86_64, amd64, arm64\)"):
+        VM(image, arch="sparc64")
+
+
+@pytest.mark.parametrize("arch, field, package", [
+    ("aarch64", "uefi_code", "qemu-efi-aarch64"),
+    ("aarch64", "uefi_vars", "qemu-efi-aarch64"),
+    ("riscv64", "sbi", "opensbi"),
+    ("riscv64", "loader", "u-boot-qemu"),
+    ("x86_64", "uefi_code", "ovmf"),
+])
+def test_missing_firmware_names_the_file_and_its_package(tmp_path: Path, arch: str, field: str,
+                                                         package: str) -> None:
+    image = disk(tmp_path / "any.img", None)
+    known = arches.ARCHES[arch]
+    gone_file = tmp_path / "not-installed.fd"
+    broken = replace(known, **{field: replace(getattr(known, field), path=gone_file)})
+    message = f"{gone_file} not found: install the Debian package {package}"
+    with pytest.raises(VMError) as error:
+        VM(image, arch=broken, uefi=True, forwards=(), accel=accel.TCG)
+    assert str(error.value) == message
+    if arch == "x86_64":  # SeaBIOS needs no firmware file
+        VM(image, arch=broken, uefi=False, forwards=(), accel=accel.TCG)
+    # The command says the same in one line and exits 1, before any qemu starts.
+    script = ("import sys; from dataclasses import replace; from pathlib import Path; "
+              "from verify import arches, cli; "
+              f"known = arches.ARCHES[{arch!r}]; "
+              f"arches.ARCHES[{arch!r}] = replace(known, {field}=replace(known.{field}, "
+              f"path=Path({str(gone_file)!r}))); "
+              f"sys.exit(cli.main([{str(image)!r}, '--arch', {arch!r}, '--uefi']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "OSBUILD_BOOT_ACCEL": "tcg"}, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"osbuild-boot-test: error: {message}"
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_qemu_binary_names_its_package(tmp_path: Path) -> None:
+    image = disk(tmp_path / "any.img", None)
+    absent = replace(arches.ARCHES["aarch64"], name="nonesuch", package="qemu-system-nonesuch")
+    with pytest.raises(VMError, match=r"^qemu-system-nonesuch not found: install the Debian "
+                                      r"package qemu-system-nonesuch$"):
+        VM(image, arch=absent, forwards=())
+
+
+@pytest.mark.parametrize("arch, reason, banner", [
+    # edk2 tries the disk, the only boot option, then starts its shell.
+    ("aarch64", "UEFI fell back to its shell: Shell>", "UEFI firmware"),
+    # OpenSBI starts U-Boot, whose boot command finds no partition, then its prompt.
+    ("riscv64", "U-Boot found nothing to boot: =>", "U-Boot 20"),
+])
+def test_foreign_firmware_boots_and_gives_up_on_a_blank_disk(tmp_path: Path, arch: str,
+                                                             reason: str, banner: str) -> None:
+    image = tmp_path / "blank.img"
+    image.write_bytes(bytes(4 * 1024 * 1024))
+    with VM(image, arch=arch, forwards=(), artifacts=tmp_path / "artifacts") as vm:
+        result = vm.wait_boot(timeout=vm.accel.seconds(60))
+        pid, workdir = vm.proc.pid, vm.workdir  # type: ignore[union-attr]
+    gone(pid, workdir)
+    assert not result.success
+    assert result.reason == reason, result.report()
+    assert banner in result.log, "the firmware writes to qemu's first serial port"
+    assert result.accel == "tcg"
+    assert image.read_bytes() == bytes(4 * 1024 * 1024)

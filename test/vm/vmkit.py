@@ -33,6 +33,7 @@ class VMImage:
     manifest: dict[str, Any]
     uefi: bool = False
     key: Path | None = None  # root's SSH key, when the manifest injects one
+    arch: str = "x86_64"  # qemu's name: osbuild-boot-test --arch
 
     def options(self, stage_type: str) -> dict[str, Any]:
         for pipeline in self.manifest["pipelines"]:
@@ -85,7 +86,8 @@ class Builder:
                             "osbuild-boot-test", "-f", str(key)], check=True)
         return key
 
-    def build(self, template: Path, export: str = "qcow2", uefi: bool = False) -> VMImage:
+    def build(self, template: Path, export: str = "qcow2", uefi: bool = False,
+              arch: str = "x86_64") -> VMImage:
         name = template.stem
         with locked(self.lock):
             key = self.key()
@@ -113,7 +115,7 @@ class Builder:
         images = sorted((out / export).iterdir())
         assert len(images) == 1, f"{name}: expected one image in the export, got {images}"
         injects_key = KEY_PLACEHOLDER in template.read_text()
-        return VMImage(name, images[0], manifest, uefi, key if injects_key else None)
+        return VMImage(name, images[0], manifest, uefi, key if injects_key else None, arch)
 
 
 Runner = Callable[[str], tuple[int, str]]
