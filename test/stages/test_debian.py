@@ -359,7 +359,7 @@ def test_mmdebstrap_fails_cleanly_on_an_unknown_package(osbuild: Osbuild, mirror
 
 def test_mmdebstrap_schema() -> None:
     meta = load_meta("org.osbuild.mmdebstrap")
-    assert meta["capabilities"] == ["network"]
+    assert meta["capabilities"] == ["network", "emulation"]  # a foreign tree runs via qemu-user
     accepts("mmdebstrap", {"suite": "trixie", "mirror": "http://mirror.example/debian"})
     accepts("mmdebstrap", {"suite": "bookworm", "mirrors": ["http://a.example/debian",
                                                             "http://b.example/debian"],
