@@ -15,6 +15,7 @@ from functools import cmp_to_key
 from pathlib import Path
 from typing import Any
 
+from osbuild.image_info.arch import pe_machine
 from osbuild.image_info.disk import Layout, Partition, run
 from osbuild.image_info.treeview import Tree
 from osbuild.image_info.vercmp import evrcmp
@@ -92,7 +93,12 @@ def _esp_read(image: Path, part: Partition, path: str) -> bytes | None:
 
 
 def esp(image: Path, layout: Layout) -> dict[str, Any]:
-    """{"esp": ...}: every file on each EFI system partition with its sha256."""
+    """{"esp": ...}: every file on each EFI system partition with its sha256.
+
+    "efi-binaries" gives each *.efi file's machine type from its PE header (null
+    when it is none): firmware starts only its own, so a BOOTAA64.EFI on an x86_64
+    image, or an arm64 GRUB under the x86_64 name, is what this shows.
+    """
     found = []
     run(["mdir", "--version"], "reading the ESP")  # one clear error if mtools is missing
     for part in layout.partitions or []:
@@ -100,14 +106,17 @@ def esp(image: Path, layout: Layout) -> dict[str, Any]:
             continue
         files: dict[str, str | None] = {}
         texts: dict[str, list[str]] = {}
+        machines: dict[str, str | None] = {}
         for path in _esp_files(image, part):
             data = _esp_read(image, part, path)
             files[path] = None if data is None else hashlib.sha256(data).hexdigest()
+            if path.lower().endswith(".efi"):
+                machines[path] = None if data is None else pe_machine(data)
             if data is not None and path.lower().endswith(ESP_TEXT_SUFFIXES) \
                     and len(data) <= ESP_TEXT_MAX:
                 texts[path] = data.decode("utf-8", errors="replace").splitlines()
         found.append({"partition": part.number, "label": part.fs.label, "uuid": part.fs.uuid,
-                      "files": files, "configs": texts})
+                      "files": files, "configs": texts, "efi-binaries": machines})
     return {"esp": found} if found else {}
 
 

@@ -21,9 +21,14 @@ from xml.etree import ElementTree
 
 import yaml
 
+from osbuild.image_info import arch
 from osbuild.image_info.treeview import Tree
 
 DPKG_STATUS = "var/lib/dpkg/status"
+# dpkg's architectures, native first; dpkg writes the file once a foreign one is added.
+DPKG_ARCH = "var/lib/dpkg/arch"
+DPKG_ARCH_NATIVE = "var/lib/dpkg/arch-native"  # newer dpkg: the native one on its own
+PROGRAMS = "usr/bin"  # whose ELF headers say what the userspace was built for
 RPMDB_DIRS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
 UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target", ".mount",
@@ -43,7 +48,8 @@ LABELLED_FILES = (
 FIREWALLD_ZONES = ("etc/firewalld/zones", "usr/lib/firewalld/zones")
 # What the readers here open; backends that copy trees out (tarball, libguestfs) copy these.
 PATHS = (
-    "etc", "usr/lib/os-release", *UNIT_DIRS[1:], DPKG_STATUS, *RPMDB_DIRS, FIREWALLD_ZONES[1],
+    "etc", "usr/lib/os-release", *UNIT_DIRS[1:], DPKG_STATUS, DPKG_ARCH, DPKG_ARCH_NATIVE,
+    PROGRAMS, *RPMDB_DIRS, FIREWALLD_ZONES[1],
     *(d for dirs in DROPIN_DIRS.values() for d in dirs if not d.startswith("etc/")),
 )
 # sshd/ssh keywords that may be given many times and then all apply.
@@ -134,6 +140,35 @@ def _rpm_packages(tree: Tree) -> list[dict[str, str]] | None:
         name, version, arch = (line.split("\t") + ["", ""])[:3]
         packages.append({"name": name, "version": version, "arch": arch})
     return sorted(packages, key=lambda p: (p["name"], p["arch"]))
+
+
+def architecture(tree: Tree) -> dict[str, Any]:
+    """What the userspace is built for: dpkg's architecture and the ELF machines in /usr/bin.
+
+    Both, because they can disagree: a tree bootstrapped for one architecture
+    with another's binaries copied in is a broken image worth seeing as such.
+    """
+    found: dict[str, Any] = {}
+    dpkg = _dpkg_architecture(tree)
+    if dpkg:
+        found["dpkg"] = dpkg
+    machines = arch.elf_machines(tree, PROGRAMS)
+    if machines:
+        found["elf"] = machines
+    return {"architecture": found} if found else {}
+
+
+def _dpkg_architecture(tree: Tree) -> str | None:
+    # Without an arch file (no foreign architecture was ever added), the dpkg
+    # package's own Architecture is the native one.
+    for path in (DPKG_ARCH_NATIVE, DPKG_ARCH):
+        listed = _content_lines(tree.read_text(path) or "")
+        if listed:
+            return listed[0]
+    status = tree.read_text(DPKG_STATUS)
+    if status is None:
+        return None
+    return next((p["arch"] for p in _dpkg_packages(status) if p["name"] == "dpkg"), None)
 
 
 def identity(tree: Tree) -> dict[str, Any]:
@@ -478,7 +513,7 @@ def kernel_cmdline(tree: Tree) -> dict[str, Any]:
 
 
 READERS: tuple[Callable[[Tree], dict[str, Any]], ...] = (
-    os_release, packages, identity, accounts, services, ssh, sudoers, dropins,
+    os_release, packages, architecture, identity, accounts, services, ssh, sudoers, dropins,
     cloud_init, chrony, apt_sources, selinux, firewall, kernel_cmdline,
 )
 

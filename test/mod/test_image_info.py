@@ -268,6 +268,7 @@ def test_uefi_gpt_image(uefi: dict, tmp_path: Path) -> None:
                   "/EFI/testos/grub.cfg": uefi["stub_sha256"]},
         "configs": {"/EFI/testos/grub.cfg": [f"search.fs_uuid {mk.ROOT_UUID} root",
                                              "configfile ($root)/boot/grub/grub.cfg"]},
+        "efi-binaries": {"/EFI/BOOT/BOOTX64.EFI": "x86_64", "/EFI/testos/grubx64.efi": "x86_64"},
     }]
     assert uefi["efi_sha256"] == hashlib.sha256(mk.EFI_BINARY.read_bytes()).hexdigest()
     assert r["bootloader"] == "grub"  # by its EFI binary: the MBR has no boot code
