@@ -63,7 +63,9 @@ unset INITRD
 command -v linux-version >/dev/null || exit 0
 for v in $(linux-version list); do
     update-initramfs -c -k "$v"
-    linux-update-symlinks install "$v" "/boot/vmlinuz-$v"
+    for image in "/boot/vmlinuz-$v" "/boot/vmlinux-$v"; do
+        if [ -e "$image" ]; then linux-update-symlinks install "$v" "$image"; break; fi
+    done
 done
 """
 

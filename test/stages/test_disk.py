@@ -661,7 +661,22 @@ def test_grub2_without_a_kernel_fails_clearly(tmp_path: Path) -> None:
     result = run_stage("org.osbuild.grub2", {"root_fs_uuid": ROOT_UUID}, tree, work)
     assert result.returncode == 1
     assert result.tail[-1] == ("error: no kernel in the tree: GRUB's menu needs a "
-                               "/boot/vmlinuz-<version>")
+                               "/boot/vmlinuz-<version> (or vmlinux-<version>)")
+
+
+def test_grub2_menu_has_uncompressed_kernels_as_riscv64_ships_them(tmp_path: Path) -> None:
+    # Debian's riscv64 kernel is /boot/vmlinux-<version>; where a version has both
+    # images, the entry boots the compressed one, the name Debian's other arches use.
+    boot = tmp_path / "tree/boot"
+    boot.mkdir(parents=True)
+    for name in ("vmlinux-6.12.9-riscv64", "initrd.img-6.12.9-riscv64",
+                 "vmlinux-6.12.8-riscv64", "vmlinuz-6.12.8-riscv64"):
+        (boot / name).write_text(name)
+    tree = run_grub2(tmp_path, {"root_fs_uuid": ROOT_UUID,
+                                "config": {"disable_recovery": True}})
+    linux = [line.split()[1] for line in (tree / "boot/grub/grub.cfg").read_text().splitlines()
+             if line.startswith("\tlinux ")]
+    assert linux == ["/boot/vmlinux-6.12.9-riscv64", "/boot/vmlinuz-6.12.8-riscv64"]
 
 
 def test_grub2_efi_src_dir_is_copied(tmp_path: Path) -> None:
