@@ -120,3 +120,30 @@ def test_without_qemu_user_static_nothing_is_registered(monkeypatch: pytest.Monk
     before = binfmt.registered()
     with binfmt.emulation() as names:
         assert names == before
+
+
+# movz x0, #0; movz x8, #93 (exit); svc #0: an arm64 update-rc.d that succeeds.
+ARM64_TRUE = static_program(0xB7, [0xD2800000, 0xD2800BA8, 0xD4000001])
+SYSV_UNIT = "[Unit]\nDescription=a unit with a SysV twin\n[Service]\nExecStart=/bin/true\n" \
+            "[Install]\nWantedBy=multi-user.target\n"
+
+
+def test_systemd_stage_runs_a_foreign_trees_update_rc_d(osbuild) -> None:
+    # systemctl --root hands a unit with an /etc/init.d twin to the tree's own
+    # update-rc.d, chrooted: in an arm64 tree that needs qemu-user even when no
+    # earlier stage of this build asked for it (the tree came from the cache).
+    program = "".join(f"\\{byte:03o}" for byte in ARM64_TRUE)  # the sandbox hides tmp_path
+    script = (f"mkdir -p usr/sbin etc/init.d etc/systemd/system && "
+              f"printf '{program}' > usr/sbin/update-rc.d && chmod 755 usr/sbin/update-rc.d && "
+              "printf '#!/bin/sh\\n' > etc/init.d/twin && chmod 755 etc/init.d/twin && "
+              f"printf '{SYSV_UNIT}' > etc/systemd/system/twin.service")
+    manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [
+        {"type": "org.osbuild.test.script", "options": {"script": script}},
+        {"type": "org.osbuild.systemd", "options": {"enabled_services": ["twin.service"]}},
+    ]}]}
+    proc = osbuild.run(manifest, "--export", "os", "--output-directory", str(osbuild.output),
+                       check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Exec format error" not in proc.stdout
+    assert (osbuild.output / "os/etc/systemd/system/multi-user.target.wants/twin.service") \
+        .is_symlink()
