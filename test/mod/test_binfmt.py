@@ -4,7 +4,7 @@ Real binfmt_misc and real qemu-user-static: tiny static programs for arm64 and
 riscv64 (an exit system call, assembled by hand below) run on this amd64 host
 only while osbuild.binfmt.emulation() holds the handlers. Other tests may
 build foreign trees at the same time, so checks of the host's state are made
-only when no other build holds the handlers; the test-only handler has a name
+only when no other build holds the handlers; each test-only handler has a name
 and magic of its own.
 """
 
@@ -21,9 +21,12 @@ from osbuild import binfmt
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="an amd64 host")
 
-# A handler no real program matches: its magic is not an ELF header.
-FAKE_NAME = "osbuild-test-fake"
-FAKE_LINE = f":{FAKE_NAME}:M::\\x00OSBUILDTEST::/bin/false:F"
+
+
+def fake_handler(name: str) -> tuple[str, str]:
+    """A handler no real program matches (its magic is no ELF header), one per test:
+    tests on other xdist workers register theirs at the same time."""
+    return name, f":{name}:M::\\x00{name.upper().replace('-', '')}::/bin/false:F"
 
 
 def static_program(machine: int, code: list[int]) -> bytes:
@@ -45,17 +48,21 @@ PROGRAMS = {
 }
 
 
-def nobody_else_holds() -> bool:
-    """Whether no other build holds the handlers (then the host state is ours to check)."""
+def host_state() -> tuple[set[str], bool] | None:
+    """The host's handlers and whether binfmt_misc is mounted, when no other build holds
+    or is releasing the handlers (then that state is the host's own); else None."""
     binfmt.STATE.mkdir(parents=True, exist_ok=True)
-    fd = os.open(binfmt.STATE / binfmt.USERS, os.O_RDWR | os.O_CREAT)
+    mutex = os.open(binfmt.STATE / binfmt.MUTEX, os.O_RDWR | os.O_CREAT)
+    users = os.open(binfmt.STATE / binfmt.USERS, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return binfmt.registered(), (binfmt.BINFMT_MISC / "register").exists()
     except BlockingIOError:
-        return False
+        return None
     finally:
-        os.close(fd)
+        os.close(users)
+        os.close(mutex)
 
 
 def run(path: Path) -> int:
@@ -79,8 +86,7 @@ def programs(tmp_path: Path) -> dict[str, Path]:
 def test_foreign_programs_run_while_emulation_is_held(programs: dict[str, Path]) -> None:
     if not binfmt.available_handlers():
         pytest.fail("qemu-user-static is not installed (ci/setup installs it)")
-    before = binfmt.registered()
-    was_mounted = (binfmt.BINFMT_MISC / "register").exists()
+    before = host_state()
     with binfmt.emulation() as names:
         assert {"qemu-aarch64", "qemu-riscv64"} <= names
         for name in ("qemu-aarch64", "qemu-riscv64"):
@@ -88,30 +94,33 @@ def test_foreign_programs_run_while_emulation_is_held(programs: dict[str, Path])
             assert "flags: " in flags and "F" in flags.split("flags: ")[1].split()[0]
         for arch, path in programs.items():
             assert run(path) == 42, arch
-    if nobody_else_holds():
-        assert binfmt.registered() == before
-        assert (binfmt.BINFMT_MISC / "register").exists() == was_mounted
-        assert {"qemu-aarch64", "qemu-riscv64"} & before or run(programs["arm64"]) != 42
+    after = host_state()
+    if before and after:
+        assert after == before
+        assert {"qemu-aarch64", "qemu-riscv64"} & before[0] or run(programs["arm64"]) != 42
 
 
 def test_a_handler_the_host_lacks_is_removed_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(binfmt, "available_handlers", lambda: {FAKE_NAME: FAKE_LINE})
+    name, line = fake_handler("osbuild-test-lacked")
+    monkeypatch.setattr(binfmt, "available_handlers", lambda: {name: line})
     with binfmt.emulation() as names:
-        assert FAKE_NAME in names
-    if nobody_else_holds():
-        assert FAKE_NAME not in binfmt.registered()
+        assert name in names
+    after = host_state()
+    if after:
+        assert name not in after[0]
 
 
 def test_a_handler_the_host_had_is_left_as_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    name, line = fake_handler("osbuild-test-had")
     with binfmt.emulation():  # holds binfmt_misc mounted, so "the host" can register one
-        (binfmt.BINFMT_MISC / "register").write_text(FAKE_LINE)
+        (binfmt.BINFMT_MISC / "register").write_text(line)
         try:
-            monkeypatch.setattr(binfmt, "available_handlers", lambda: {FAKE_NAME: FAKE_LINE})
+            monkeypatch.setattr(binfmt, "available_handlers", lambda: {name: line})
             with binfmt.emulation() as names:
-                assert FAKE_NAME in names
-            assert FAKE_NAME in binfmt.registered()
+                assert name in names
+            assert name in binfmt.registered()
         finally:
-            (binfmt.BINFMT_MISC / FAKE_NAME).write_text("-1")
+            (binfmt.BINFMT_MISC / name).write_text("-1")
 
 
 def test_without_qemu_user_static_nothing_is_registered(monkeypatch: pytest.MonkeyPatch,
