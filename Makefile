@@ -53,7 +53,7 @@ JOBS ?= auto
 .PHONY: check-images golden
 
 check-images: setup
-	$(AS_ROOT) env CASES="$(STAGES)" CASES_OFFLINE="$(OFFLINE)" \
+	$(AS_ROOT) env CASES="$(STAGES)" CASES_OFFLINE="$(OFFLINE)" MATRIX="$(MATRIX)" \
 		$(PY) -m pytest -n $(JOBS) -q test/cases/test_cases.py $(PYTEST_ARGS)
 
 # Refresh manifests (from test/cases/casedefs.py) and goldens, deliberately; review

@@ -1,9 +1,9 @@
 """The distro x architecture matrix: the cells images are built, inspected and booted in.
 
-One table, used by the boot tests (test/vm) and `make check-matrix`. A cell
-names its sample template (samples/src) and how qemu boots it. MATRIX (the
-environment variable, cell names separated by spaces) picks cells; empty
-means every cell.
+One table, used by the golden cases (test/cases), the boot tests (test/vm)
+and `make check-matrix`. A cell names its sample template (samples/src) and
+how qemu boots it. MATRIX (the environment variable, cell names separated by
+spaces) picks cells; empty means every cell.
 """
 
 import json
@@ -33,9 +33,13 @@ class Cell:
 CELLS = {c.name: c for c in (
     Cell("debian12-amd64", "bookworm", "amd64", "x86_64", "debian12-qcow2", uefi=False),
     Cell("debian13-amd64", "trixie", "amd64", "x86_64", "debian13-uefi-qcow2"),
+    Cell("debian12-arm64", "bookworm", "arm64", "aarch64", "debian12-arm64-qcow2"),
     Cell("debian13-arm64", "trixie", "arm64", "aarch64", "debian13-arm64-qcow2"),
     Cell("debian13-riscv64", "trixie", "riscv64", "riscv64", "debian13-riscv64-qcow2"),
 )}
+
+# The cell of the golden cases that name none (test/cases/<stage>/ itself).
+DEFAULT_CELL = "debian13-amd64"
 
 
 def selected() -> list[Cell]:

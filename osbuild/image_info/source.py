@@ -206,6 +206,7 @@ def decompress_image(path: Path, command: list[str], dest: Path) -> Path:
         except FileNotFoundError:
             raise ImageInfoError(f"{path}: {command[0]} is needed to decompress it") from None
         assert proc.stdout is not None and proc.stderr is not None
+        done = False
         try:
             while chunk := proc.stdout.read(block):
                 # Holes for zero blocks: a mostly empty image stays small.
@@ -215,10 +216,13 @@ def decompress_image(path: Path, command: list[str], dest: Path) -> Path:
                     out.write(chunk)
             out.truncate()
             error = proc.stderr.read().decode(errors="replace").strip()
+            done = True
         finally:
             proc.stdout.close()
             proc.stderr.close()
-            if proc.poll() is None:
+            # At the end of its output the decompressor may not have exited yet:
+            # wait for it; kill it only when reading failed half way.
+            if not done and proc.poll() is None:
                 proc.kill()
             proc.wait()
     if proc.returncode != 0:

@@ -19,11 +19,16 @@ not versions or contents.
 import base64
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BASE_FILES = HERE / "base"
+sys.path.insert(0, str(HERE.parent))
+
+from elfprog import exit_program  # noqa: E402
+from matrix import CELLS, DEFAULT_CELL, Cell  # noqa: E402
 
 # 2025-01-01T00:00:00Z: every pipeline's source-epoch, so timestamps (shadow's
 # last-change day, mkfs clocks, tar headers) are the same on every run.
@@ -83,14 +88,50 @@ def inline(data: bytes) -> dict[str, Any]:
 # -- the base tree ---------------------------------------------------------------
 
 
-def base_files() -> dict[str, bytes]:
-    """Every file under test/cases/base, as tree path -> content."""
+def base_files(cell: Cell | None = None) -> dict[str, bytes]:
+    """Every file under test/cases/base, as tree path -> content; for another cell
+    than the default, made to look like that cell's tree (see cell_files)."""
     files = {}
     for dirpath, _, filenames in os.walk(BASE_FILES):
         for name in filenames:
             host = Path(dirpath) / name
             files["/" + str(host.relative_to(BASE_FILES))] = host.read_bytes()
+    if cell is not None and cell.name != DEFAULT_CELL:
+        files = cell_files(files, cell)
     return dict(sorted(files.items()))
+
+
+# The base's fake kernel, and each release's kernel version for the cells' bases.
+BASE_KERNEL = "6.12.27-amd64"
+KERNEL_VERSIONS = {"bookworm": "6.1.0-37", "trixie": "6.12.27"}
+RELEASES = {"bookworm": ("12", "12.11"), "trixie": ("13", "13.0")}
+
+
+def cell_files(files: dict[str, bytes], cell: Cell) -> dict[str, bytes]:
+    """The base as a tree of `cell`: its release in os-release, its kernel (riscv64's
+    uncompressed, as Debian ships it), dpkg's architecture, and for a foreign cell an
+    /etc/init.d twin of ssh.service with an update-rc.d of the cell's architecture,
+    which systemctl runs in the tree (through qemu-user)."""
+    files = dict(files)
+    version = f"{KERNEL_VERSIONS[cell.suite]}-{cell.architecture}"
+    image = "vmlinux" if cell.architecture == "riscv64" else "vmlinuz"
+    kernel = files.pop(f"/boot/vmlinuz-{BASE_KERNEL}")
+    initrd = files.pop(f"/boot/initrd.img-{BASE_KERNEL}")
+    files[f"/boot/{image}-{version}"] = kernel
+    files[f"/boot/initrd.img-{version}"] = initrd
+    number, full = RELEASES[cell.suite]
+    files["/usr/lib/os-release"] = files["/usr/lib/os-release"].replace(
+        b'"13 (trixie)"', f'"{number} ({cell.suite})"'.encode()).replace(
+        b"(trixie)", f"({cell.suite})".encode()).replace(
+        b'VERSION_ID="13"', f'VERSION_ID="{number}"'.encode()).replace(
+        b"VERSION_CODENAME=trixie", f"VERSION_CODENAME={cell.suite}".encode()).replace(
+        b"DEBIAN_VERSION_FULL=13.0", f"DEBIAN_VERSION_FULL={full}".encode())
+    files["/var/lib/dpkg/arch-native"] = f"{cell.architecture}\n".encode()
+    files["/var/lib/dpkg/arch"] = f"{cell.architecture}\n".encode()
+    if cell.architecture != CELLS[DEFAULT_CELL].architecture:
+        files["/usr/sbin/update-rc.d"] = exit_program(cell.architecture, 0)
+        files["/etc/init.d/ssh"] = b"#!/bin/sh\n# the SysV twin of ssh.service\n"
+    return files
 
 
 def base_directories(files: dict[str, bytes]) -> dict[str, int]:
@@ -103,9 +144,16 @@ def base_directories(files: dict[str, bytes]) -> dict[str, int]:
     return dict(sorted(dirs.items()))
 
 
-def base() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The base stages and the inline source items they copy from."""
-    files = base_files()
+def executable(data: bytes) -> bool:
+    return data.startswith((b"#!", b"\x7fELF"))
+
+
+def base(cell: Cell | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The base stages (of `cell`'s tree, default: the default cell's) and the
+    inline source items they copy from."""
+    files = base_files(cell)
+    modes = dict(BASE_FILE_MODES)
+    modes.update({path: "0755" for path, data in files.items() if executable(data)})
     items = {sha256(data): inline(data) for data in files.values()}
     references: dict[str, dict[str, Any]] = {checksum: {} for checksum in sorted(items)}
     stages = [
@@ -117,7 +165,7 @@ def base() -> tuple[list[dict[str, Any]], dict[str, Any]]:
                                 "references": references}}),
         stage("ln", {"paths": [{"target": target, "link_name": link, "symbolic": True}
                                for link, target in BASE_LINKS.items()]}),
-        stage("chmod", {"items": {path: {"mode": mode} for path, mode in BASE_FILE_MODES.items()}}),
+        stage("chmod", {"items": {path: {"mode": mode} for path, mode in modes.items()}}),
         stage("chown", {"items": {path: {"group": 42} for path in BASE_FILE_MODES}}),
     ]
     return stages, {"org.osbuild.inline": {"items": dict(sorted(items.items()))}}
@@ -370,9 +418,55 @@ def stage_cases() -> dict[str, dict[str, Any]]:
     }
 
 
-PINNED_PACKAGES = {"type": "org.osbuild.files", "origin": "org.osbuild.source",
-                   "mpp-depsolve": {"suite": SUITE, "architecture": "amd64",
-                                    "variant": "essential", "packages": ["debconf"]}}
+# The matrix (test/matrix.py) in the golden cases: the stages whose output depends
+# on the tree's release or architecture also run in these cells, each cell's
+# case in <stage>/<cell>/ with goldens of its own. The archive cases install
+# that cell's essential set (a foreign one through qemu-user); the others start
+# from the base made to look like the cell's tree (cell_files).
+CELL_CASES = {
+    "org.osbuild.debs": ("debian12-amd64", "debian12-arm64", "debian13-arm64",
+                         "debian13-riscv64"),
+    "org.osbuild.mmdebstrap": ("debian13-arm64",),
+    "org.osbuild.grub2": ("debian12-arm64", "debian13-arm64", "debian13-riscv64"),
+    "org.osbuild.systemd": ("debian12-arm64", "debian13-arm64", "debian13-riscv64"),
+    "org.osbuild.users": ("debian12-arm64", "debian13-arm64", "debian13-riscv64"),
+}
+CONSOLES = {"amd64": "ttyS0", "arm64": "ttyAMA0", "riscv64": "ttyS0"}
+
+
+def cell_case(stage_name: str, cell: Cell, spec: dict[str, Any]) -> dict[str, Any]:
+    """The default cell's case `spec`, in `cell`."""
+    foreign = cell.architecture != CELLS[DEFAULT_CELL].architecture
+    spec = {**spec, "cell": cell.name}
+    if stage_name == "org.osbuild.debs":
+        options = {"architecture": cell.architecture} if foreign else {}
+        spec["template"] = [stage("debs", options, inputs={
+            "packages": pinned_packages(cell.suite, cell.architecture)})]
+    elif stage_name == "org.osbuild.mmdebstrap":
+        spec["stages"] = [stage("mmdebstrap", {
+            "suite": cell.suite, "mirror": MIRROR, "variant": "essential",
+            "architectures": [cell.architecture]})]
+    elif stage_name == "org.osbuild.grub2":
+        options = dict(spec["stages"][0]["options"])
+        options["kernel_opts"] = f"console={CONSOLES[cell.architecture]},115200n8 quiet"
+        spec["stages"] = [stage("grub2", options)]
+    return spec
+
+
+def cell_cases(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """"<stage>[<cell>]" -> spec, for every stage and cell in CELL_CASES."""
+    return {f"{name}[{cell}]": cell_case(name, CELLS[cell], cases[name])
+            for name, cells in CELL_CASES.items() for cell in cells}
+
+
+def pinned_packages(suite: str = SUITE, architecture: str = "amd64") -> dict[str, Any]:
+    """The essential set plus debconf of one release and architecture, pinned by osbuild-mpp."""
+    return {"type": "org.osbuild.files", "origin": "org.osbuild.source",
+            "mpp-depsolve": {"suite": suite, "architecture": architecture,
+                             "variant": "essential", "packages": ["debconf"]}}
+
+
+PINNED_PACKAGES = pinned_packages()
 # What the archive decides is not the stage's behaviour: compare package names
 # and the shape of the diff, not versions, file lists or contents.
 NETWORK_CONFIG = {"network": True,
@@ -425,7 +519,7 @@ def assembler_cases() -> dict[str, dict[str, Any]]:
 
 def stage_manifests(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """file name -> document for one stage case: a/b as .json, or .mpp.json to pin."""
-    base_stages, base_sources = base()
+    base_stages, base_sources = base(CELLS[spec["cell"]] if "cell" in spec else None)
     if spec.get("empty_a"):
         a_stages: list[dict[str, Any]] = []
         a_sources: dict[str, Any] = {}
@@ -455,7 +549,8 @@ def assembler_manifests(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def all_cases() -> dict[str, dict[str, Any]]:
     """Case name -> {file name: JSON document}, case.json included."""
     cases = {}
-    for name, spec in stage_cases().items():
+    stages = stage_cases()
+    for name, spec in {**stages, **cell_cases(stages)}.items():
         cases[name] = {**stage_manifests(spec), "case.json": case_config(spec)}
     for name, spec in assembler_cases().items():
         cases[name] = {**assembler_manifests(spec),
@@ -466,4 +561,6 @@ def all_cases() -> dict[str, dict[str, Any]]:
 def case_config(spec: dict[str, Any], export: str = "tree") -> dict[str, Any]:
     config = {"export": export, "network": False, "image": None, "volatile": {}}
     config.update(spec.get("config", {}))
+    if "cell" in spec:
+        config["cell"] = spec["cell"]
     return config

@@ -1,6 +1,8 @@
 """The golden-case machinery shared by test_cases.py, tools/gen-golden and ci/stage-gate.
 
-A case is a directory test/cases/<stage>/ (assemblers: test/cases/assemblers/<name>/):
+A case is a directory test/cases/<stage>/ (assemblers: test/cases/assemblers/<name>/),
+and the same stage's case in another cell of the matrix (test/matrix.py) is
+its subdirectory test/cases/<stage>/<cell>/, named "<stage>[<cell>]":
 
     a.json | a.mpp.json   the manifest without the stage (a template is pinned
     b.json | b.mpp.json   with osbuild-mpp when the case runs), and with it
@@ -44,12 +46,18 @@ class CaseError(Exception):
 
 @dataclass
 class Case:
-    name: str  # "org.osbuild.hostname", "assemblers/org.osbuild.qemu"
+    # "org.osbuild.hostname", "assemblers/org.osbuild.qemu", "org.osbuild.debs[debian13-arm64]"
+    name: str
     path: Path
 
     @property
     def module(self) -> str:
-        return self.name.rsplit("/", 1)[-1]
+        return self.name.split("[", 1)[0].rsplit("/", 1)[-1]
+
+    @property
+    def cell(self) -> str | None:
+        """The matrix cell of a case in a cell's subdirectory; None: the default cell."""
+        return self.name[:-1].split("[", 1)[1] if self.name.endswith("]") else None
 
     @property
     def kind(self) -> str:
@@ -102,7 +110,18 @@ def discover(cases_dir: Path = HERE) -> list[Case]:
         for path in sorted(parent.iterdir()):
             if path.is_dir() and path.name.startswith("org.osbuild."):
                 found.append(Case(prefix + path.name, path))
+                found += [Case(f"{prefix}{path.name}[{cell.name}]", cell)
+                          for cell in sorted(path.iterdir())
+                          if cell.is_dir() and (cell / "case.json").exists()]
     return found
+
+
+def case_dir(name: str, cases_dir: Path = HERE) -> Path:
+    """Where case `name` lives: "<stage>[<cell>]" in its stage's directory."""
+    if name.endswith("]"):
+        stage, cell = name[:-1].split("[", 1)
+        return cases_dir / stage / cell
+    return cases_dir / name
 
 
 def select(cases: list[Case], names: list[str]) -> list[Case]:
@@ -334,7 +353,7 @@ def write_manifests(cases_dir: Path = HERE) -> list[Path]:
 
     changed = []
     for name, files in all_cases().items():
-        directory = cases_dir / name
+        directory = case_dir(name, cases_dir)
         directory.mkdir(parents=True, exist_ok=True)
         for filename, document in files.items():
             path = directory / filename

@@ -3,6 +3,12 @@
 One test per case directory (see casekit.py for the layout). A failure lists
 every difference as `golden: json.path: expected ... but got ...`, naming the
 files that changed. Goldens are refreshed only with tools/gen-golden.
+
+MATRIX (cell names, see test/matrix.py) keeps the cases of those cells: a case
+without a cell is the default cell's. Under pytest-xdist (`--dist loadgroup`,
+set in pyproject.toml) each other cell's cases go to one worker, one after
+another: they share that cell's base tree and build root in the store instead
+of building them side by side.
 """
 
 import os
@@ -15,12 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import casekit  # noqa: E402
 
+sys.path.insert(0, str(casekit.ROOT / "test"))
+
+from matrix import DEFAULT_CELL, selected  # noqa: E402
+
 
 def chosen_cases() -> list[casekit.Case]:
     cases = casekit.discover()
     names = os.environ.get("CASES", "").replace(",", " ").split()
     if names:
         cases = casekit.select(cases, names)
+    cells = {cell.name for cell in selected()}
+    cases = [c for c in cases if (c.cell or DEFAULT_CELL) in cells]
     # The archive cases take longest: started first, they overlap the rest under xdist.
     return sorted(cases, key=lambda c: not c.network)
 
@@ -31,6 +43,8 @@ def params() -> list:
         marks = [pytest.mark.golden]
         if case.network:
             marks += [pytest.mark.network, pytest.mark.slow]
+        if case.cell:
+            marks.append(pytest.mark.xdist_group(case.cell))
         found.append(pytest.param(case, id=case.name, marks=marks))
     return found
 

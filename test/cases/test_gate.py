@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-COPIED = ("ci", "stages", "assemblers", "osbuild", "test/cases", "verify")
+COPIED = ("ci", "stages", "assemblers", "osbuild", "test/cases", "verify", "test/matrix.py",
+          "test/elfprog.py")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -27,6 +28,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo.mkdir()
     git(repo, "init", "-q")
     for part in COPIED:
+        if (ROOT / part).is_file():
+            shutil.copy2(ROOT / part, repo / part)
+            continue
         shutil.copytree(ROOT / part, repo / part, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     git(repo, "add", "-A")
@@ -60,6 +64,15 @@ def test_changed_stage_runs_its_case_and_the_smoke_set(clone: Path) -> None:
     cases = selected(proc)
     assert "org.osbuild.modprobe" in cases and "org.osbuild.hostname" in cases
     assert "org.osbuild.locale" not in cases
+
+
+def test_changed_stage_runs_its_case_in_every_cell(clone: Path) -> None:
+    stage = clone / "stages/org.osbuild.grub2"
+    change(clone, "grub2", {"stages/org.osbuild.grub2": stage.read_text() + "\n"})
+    cases = selected(gate(clone, "HEAD~1..HEAD"))
+    assert {"org.osbuild.grub2", "org.osbuild.grub2[debian13-arm64]",
+            "org.osbuild.grub2[debian13-riscv64]"} <= set(cases)
+    assert not any(c.startswith("org.osbuild.systemd[") for c in cases)
 
 
 def test_stage_library_change_runs_its_importers(clone: Path) -> None:

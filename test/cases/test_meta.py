@@ -15,6 +15,7 @@ sys.path.insert(0, str(HERE))
 
 import casekit  # noqa: E402
 from casedefs import all_cases  # noqa: E402
+from matrix import CELLS  # noqa: E402
 
 from osbuild import formats  # noqa: E402
 from osbuild.errors import ModuleMetaError  # noqa: E402
@@ -129,8 +130,14 @@ def test_meta_capabilities_are_checked_naming_the_module(tmp_path: Path, meta: d
 
 def test_every_case_belongs_to_a_module() -> None:
     known = {name if kind == "stages" else f"assemblers/{name}" for kind, name in ALL}
-    orphans = [c.name for c in casekit.discover() if c.name not in known]
+    orphans = [c.name for c in casekit.discover() if c.name.split("[")[0] not in known]
     assert orphans == [], "golden cases of stages or assemblers that do not exist"
+
+
+def test_every_cell_case_names_a_cell_of_the_matrix() -> None:
+    strays = [c.name for c in casekit.discover()
+              if c.cell is not None and (c.cell not in CELLS or c.config.get("cell") != c.cell)]
+    assert strays == [], "cell cases whose directory is no cell of test/matrix.py"
 
 
 def manifest_stage_names(manifest: dict[str, Any]) -> list[str]:
@@ -154,7 +161,7 @@ def test_case_manifests_are_valid_and_use_the_module(case: casekit.Case) -> None
         manifest = formats.load(json.loads(path.read_text()), "org.osbuild.linux", ROOT)
         validate(manifest, ROOT)
     config = case.config
-    assert set(config) <= {"export", "network", "image", "volatile"}, config
+    assert set(config) <= {"export", "network", "image", "volatile", "cell"}, config
     assert isinstance(config["volatile"], dict)
 
 
@@ -163,7 +170,7 @@ def test_case_files_match_casedefs() -> None:
     stale = []
     for name, files in all_cases().items():
         for filename, document in files.items():
-            path = HERE / name / filename
+            path = casekit.case_dir(name) / filename
             if not path.exists() or json.loads(path.read_text()) != document:
                 stale.append(str(path.relative_to(ROOT)))
     assert stale == [], "run tools/gen-golden --manifests-only and review the diff"

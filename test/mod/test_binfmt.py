@@ -1,7 +1,7 @@
 """qemu-user through binfmt_misc: registered while a build needs it, the host left as found.
 
 Real binfmt_misc and real qemu-user-static: tiny static programs for arm64 and
-riscv64 (an exit system call, assembled by hand below) run on this amd64 host
+riscv64 (an exit system call, made by test/elfprog.py) run on this amd64 host
 only while osbuild.binfmt.emulation() holds the handlers. Other tests may
 build foreign trees at the same time, so checks of the host's state are made
 only when no other build holds the handlers; each test-only handler has a name
@@ -11,16 +11,19 @@ and magic of its own.
 import fcntl
 import os
 import platform
-import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from osbuild import binfmt
 
-pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="an amd64 host")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from elfprog import exit_program  # noqa: E402
+
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="an amd64 host")
 
 
 def fake_handler(name: str) -> tuple[str, str]:
@@ -29,23 +32,7 @@ def fake_handler(name: str) -> tuple[str, str]:
     return name, f":{name}:M::\\x00{name.upper().replace('-', '')}::/bin/false:F"
 
 
-def static_program(machine: int, code: list[int]) -> bytes:
-    """An ELF64 little-endian executable: one loadable segment holding `code` (32-bit words)."""
-    base, entry_offset = 0x400000, 64 + 56
-    body = b"".join(struct.pack("<I", word) for word in code)
-    size = entry_offset + len(body)
-    header = struct.pack("<4sBBBB8xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0,
-                         2, machine, 1, base + entry_offset, 64, 0, 0, 64, 56, 1, 0, 0, 0)
-    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
-    return header + segment + body
-
-
-PROGRAMS = {
-    # movz x0, #42; movz x8, #93 (exit); svc #0
-    "arm64": static_program(0xB7, [0xD2800540, 0xD2800BA8, 0xD4000001]),
-    # addi a0, zero, 42; addi a7, zero, 93 (exit); ecall
-    "riscv64": static_program(0xF3, [0x02A00513, 0x05D00893, 0x00000073]),
-}
+PROGRAMS = {arch: exit_program(arch, 42) for arch in ("arm64", "riscv64")}
 
 
 def host_state() -> tuple[set[str], bool] | None:
@@ -131,8 +118,8 @@ def test_without_qemu_user_static_nothing_is_registered(monkeypatch: pytest.Monk
         assert names == before
 
 
-# movz x0, #0; movz x8, #93 (exit); svc #0: an arm64 update-rc.d that succeeds.
-ARM64_TRUE = static_program(0xB7, [0xD2800000, 0xD2800BA8, 0xD4000001])
+# An arm64 update-rc.d that succeeds.
+ARM64_TRUE = exit_program("arm64", 0)
 SYSV_UNIT = "[Unit]\nDescription=a unit with a SysV twin\n[Service]\nExecStart=/bin/true\n" \
             "[Install]\nWantedBy=multi-user.target\n"
 

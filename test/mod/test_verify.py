@@ -201,7 +201,7 @@ def mutate(lib: Path, stage: str, old: str, new: str) -> None:
 
 
 def run_case(name: str, lib: Path, tmp_path: Path, case_path: Path | None = None):
-    case = casekit.Case(name, case_path or ROOT / "test/cases" / name)
+    case = casekit.Case(name, case_path or casekit.case_dir(name))
     return casekit.run_case(case, lib, tmp_path / "store", tmp_path / "work")
 
 
@@ -211,12 +211,15 @@ def run_case(name: str, lib: Path, tmp_path: Path, case_path: Path | None = None
     # a file the stage creates: only its content tells
     ("org.osbuild.modprobe", 'f"blacklist {item', 'f"blacklist  {item',
      "/usr/lib/modprobe.d/golden.conf"),
+    # a stage arm64 images use: its case in the debian13-arm64 cell fails
+    ("org.osbuild.grub2[debian13-arm64]", 'f"menuentry {quote(title)}',
+     'f"menuentry  {quote(title)}', "/boot/grub/grub.cfg"),
 ])
 def test_changed_stage_fails_its_case_naming_the_file(tmp_path: Path, stage: str, old: str,
                                                       new: str, changed: str) -> None:
     lib = libdir_copy(tmp_path)
     assert casekit.problems(run_case(stage, lib, tmp_path)) == []  # the copy itself passes
-    mutate(lib, stage, old, new)
+    mutate(lib, stage.split("[")[0], old, new)
     shutil.rmtree(tmp_path / "store")  # ids hash options, not code: start afresh
     found = casekit.problems(run_case(stage, lib, tmp_path))
     assert found, "the changed stage passed its golden case"
