@@ -171,6 +171,60 @@ def initramfs_once_hook() -> str:
     return f'chroot "$1" sh -c {shlex.quote(INITRAMFS_ONCE)}'
 
 
+# --- native stand-ins for a foreign tree --------------------------------------------------
+
+# Programs that maintainer scripts run by name, whose result does not depend on
+# the machine that runs them, and which are the slowest part of a foreign
+# install through qemu-user (a kernel's depmod, udev's hwdb: about a minute
+# each here, a few seconds natively). While packages are configured, a stand-in
+# of each is first on PATH: for the call the scripts make, it notes the request
+# and exits; any other call goes to the tree's own program. The build root's
+# program then does the noted work on the tree from outside (depmod -b,
+# systemd-hwdb --root), before the initrds are made: the same files, made
+# natively. name -> (the call it stands in for, a shell case pattern of "$#:$*";
+# the command run from the build root on the tree "$1", with $arg the call's "$*").
+STANDINS = {
+    "depmod": ('"1:"[0-9]*', 'depmod -b "$1" "$arg"'),  # linux-image-*'s: depmod VERSION
+    "systemd-hwdb": ('"2:--usr update"', 'systemd-hwdb --root "$1" --usr update'),  # udev's
+}
+
+
+def standin_script(name: str, directory: str) -> str:
+    """The stand-in for `name`, run in the tree; `directory` is on PATH there and outside."""
+    pattern, _ = STANDINS[name]
+    note = shlex.quote(f"{directory}/{name}.todo")
+    return f"""#!/bin/sh
+# osbuild: {name} is run from the build root once packages are configured.
+case "$#:$*" in
+{pattern}) echo "$*" >> {note}; exit 0 ;;
+esac
+PATH=${{PATH#{directory}:}}
+exec {name} "$@"
+"""
+
+
+def native_standins(directory: str) -> list[str]:
+    """Write a stand-in into `directory` for each program the build root has; their names."""
+    names = [name for name in STANDINS if shutil.which(name)]
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(standin_script(name, directory))
+        os.chmod(path, 0o755)
+    return names
+
+
+def native_standins_hook(directory: str, names: Iterable[str]) -> str:
+    """The customize hook (in the build root, before the initrds) that does the noted work."""
+    steps = []
+    for name in names:
+        _, command = STANDINS[name]
+        note = shlex.quote(f"{directory}/{name}.todo")
+        steps.append(f'if [ -e {note} ]; then sort -u {note} | while read -r arg; do '
+                     f'{command} || exit 1; done; fi')
+    return " && ".join(steps) or "true"
+
+
 # --- Debian's version order (dpkg --compare-versions) -------------------------------------
 
 

@@ -549,3 +549,56 @@ def test_meta_files_are_valid_json_with_strict_schemas() -> None:
         assert meta["schema"]["additionalProperties"] is False
         jsonschema.Draft202012Validator.check_schema({"type": "object", **meta["schema"]})
         json.dumps(meta)
+
+
+# -- native stand-ins (osbuild.debian.STANDINS) for a foreign tree's slow programs ----------
+
+
+def fake_programs(bin_dir: Path, log: Path) -> None:
+    """depmod and systemd-hwdb that log how they were called: the tree's and the build root's."""
+    bin_dir.mkdir()
+    for name in ("depmod", "systemd-hwdb"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        (bin_dir / name).chmod(0o755)
+
+
+def test_standins_note_the_scripts_calls_and_pass_others_on(tmp_path: Path) -> None:
+    from osbuild import debian
+
+    log, native = tmp_path / "log", tmp_path / "native"
+    fake_programs(tmp_path / "bin", log)
+    native.mkdir()
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    for name in debian.STANDINS:
+        (native / name).write_text(debian.standin_script(name, str(native)))
+        (native / name).chmod(0o755)
+    env["PATH"] = f"{native}:{env['PATH']}"
+    calls = [["depmod", "6.12.27-arm64"], ["depmod", "-a", "-b", "/tmp/x", "6.12.27-arm64"],
+             ["systemd-hwdb", "--usr", "update"], ["systemd-hwdb", "query", "usb:v1D6B"],
+             ["depmod", "6.12.27-arm64"]]
+    for call in calls:
+        subprocess.run(call, env=env, check=True)
+    # The scripts' own calls are noted, not run; every other call reaches the program.
+    assert log.read_text().splitlines() == ["depmod -a -b /tmp/x 6.12.27-arm64",
+                                            "systemd-hwdb query usb:v1D6B"]
+    assert (native / "depmod.todo").read_text() == "6.12.27-arm64\n6.12.27-arm64\n"
+    # The hook then does each noted piece of work once, on the tree, from outside.
+    log.unlink()
+    hook = debian.native_standins_hook(str(native), list(debian.STANDINS))
+    subprocess.run(["sh", "-c", hook, "hook", "/target"], env=env, check=True)
+    assert log.read_text().splitlines() == ["depmod -b /target 6.12.27-arm64",
+                                            "systemd-hwdb --root /target --usr update"]
+
+
+def test_standins_hook_fails_when_the_native_program_does(tmp_path: Path) -> None:
+    from osbuild import debian
+
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "depmod.todo").write_text("6.12.27-arm64\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/depmod").write_text("#!/bin/sh\nexit 3\n")
+    (tmp_path / "bin/depmod").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    hook = debian.native_standins_hook(str(native), ["depmod"])
+    assert subprocess.run(["sh", "-c", hook, "hook", "/target"], env=env).returncode != 0
