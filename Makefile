@@ -71,11 +71,12 @@ check-vm: setup
 
 # The distro x architecture matrix (cells in test/matrix.py): each cell's sample
 # built, read by image-info and booted, then one table of cell x phase with times.
-# MATRIX="debian13-arm64 debian13-riscv64" picks cells (default: all).
+# MATRIX="debian13-arm64 debian13-riscv64" picks cells (default: all); GOLDEN=1
+# rewrites the cells' image-info goldens (test/vm/goldens) for review.
 MATRIX ?=
 check-matrix: setup
 	@report=$$(mktemp -d); \
-	$(AS_ROOT) env MATRIX="$(MATRIX)" MATRIX_REPORT=$$report \
+	$(AS_ROOT) env MATRIX="$(MATRIX)" MATRIX_REPORT=$$report MATRIX_GOLDEN="$(GOLDEN)" \
 		$(PY) -m pytest -n $(JOBS) -q test/vm/test_matrix.py $(PYTEST_ARGS); rc=$$?; \
 	MATRIX="$(MATRIX)" $(PY) test/matrix.py $$report; rm -rf $$report; exit $$rc
 

@@ -8,6 +8,7 @@ spaces) picks cells; empty means every cell.
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,74 @@ def selected() -> list[Cell]:
     return [CELLS[n] for n in names] if names else list(CELLS.values())
 
 
+# Each cell's image-info golden: the report of its sample, as stable_report() keeps it.
+GOLDENS = ROOT / "test/vm/goldens"
+
+# What the cell's template decides, and what a change of a stage or of image-info
+# would move: the layout, boot chain, architecture, identity, users and services.
+STABLE_KEYS = ("architecture", "boot-environment", "bootloader", "default-target", "esp",
+               "fstab", "grub-menu", "groups", "hostname", "image-format", "locale",
+               "machine-id", "os-release", "packages", "partition-table",
+               "partition-table-id", "partitions", "passwd", "services-disabled",
+               "services-enabled", "timezone")
+OS_RELEASE_KEYS = ("ID", "VERSION_ID", "VERSION_CODENAME")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def stable_report(report: dict) -> dict:
+    """image-info's report without what the archive's point releases move.
+
+    The samples are pinned when the test runs, so package versions, the
+    kernel's release, Debian's point version and the hashes of GRUB's
+    binaries follow the archive; the golden keeps names, arches and shape.
+    """
+    # (Idempotent: a golden is its own stable report.)
+    packages = [p for p in report.get("packages", []) if isinstance(p, dict)]
+    kernels = [p["name"].removeprefix("linux-image-") for p in packages
+               if re.match(r"linux-image-[0-9]", p["name"])]
+    kept = {key: report[key] for key in STABLE_KEYS if key in report}
+    if "packages" in kept:
+        kept["packages"] = [f"{p['name']}:{p['arch']}" if isinstance(p, dict) else p
+                            for p in kept["packages"]]
+    if "os-release" in kept:
+        kept["os-release"] = {k: v for k, v in kept["os-release"].items()
+                              if k in OS_RELEASE_KEYS}
+    if "architecture" in kept:
+        elf = kept["architecture"].get("elf", {})
+        kept["architecture"] = {"dpkg": kept["architecture"].get("dpkg"), "elf": sorted(elf)}
+    text = json.dumps(kept, sort_keys=True)
+    for kernel in kernels:
+        text = text.replace(kernel, "KERNEL")
+
+    def hashes_out(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: hashes_out(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [hashes_out(v) for v in value]
+        return "SHA256" if isinstance(value, str) and SHA256.match(value) else value
+
+    return hashes_out(json.loads(text))  # type: ignore[return-value]
+
+
+def golden_diff(cell: Cell, report: dict) -> list[str]:
+    """How stable_report(report) differs from the cell's golden, one line per key."""
+    path = GOLDENS / f"{cell.name}.json"
+    if not path.exists():
+        return [f"{path.relative_to(ROOT)} is missing: write it with "
+                f"`make check-matrix MATRIX={cell.name} GOLDEN=1` and review it"]
+    golden, got = json.loads(path.read_text()), stable_report(report)
+    return [f"{key}: golden {json.dumps(golden.get(key))[:300]}, "
+            f"image {json.dumps(got.get(key))[:300]}"
+            for key in sorted(set(golden) | set(got)) if golden.get(key) != got.get(key)]
+
+
+def write_golden(cell: Cell, report: dict) -> Path:
+    path = GOLDENS / f"{cell.name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(stable_report(report), indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def table(report_dir: Path) -> str:
     """cell x (build, image-info, boot): seconds where the phase passed, FAIL where it did not."""
     phases = ("build", "image-info", "boot")
@@ -70,4 +139,8 @@ def table(report_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1])))
+    if sys.argv[1:2] == ["--golden"]:
+        # test/matrix.py --golden CELL REPORT.json: write a cell's golden from a report.
+        print(write_golden(CELLS[sys.argv[2]], json.loads(Path(sys.argv[3]).read_text())))
+    else:
+        print(table(Path(sys.argv[1])))

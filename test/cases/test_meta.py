@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE))
 
 import casekit  # noqa: E402
 from casedefs import all_cases  # noqa: E402
-from matrix import CELLS  # noqa: E402
+from matrix import CELLS, GOLDENS, golden_diff, stable_report  # noqa: E402
 
 from osbuild import formats  # noqa: E402
 from osbuild.errors import ModuleMetaError  # noqa: E402
@@ -184,3 +184,27 @@ def test_goldens_are_json_of_the_right_shape() -> None:
         assert set(diff) == {"added_files", "deleted_files", "differences"}, case.name
         for key in ("added_files", "deleted_files"):
             assert diff[key] is None or diff[key] == sorted(diff[key]), f"{case.name}: {key}"
+
+
+def test_matrix_goldens_keep_what_the_template_decides() -> None:
+    """A point release (versions, kernel, GRUB's hashes) leaves the golden; a layout change not."""
+    def report(version: str, kernel: str, size: int) -> dict[str, Any]:
+        return {"packages": [{"name": "dpkg", "arch": "arm64", "version": version},
+                             {"name": f"linux-image-{kernel}", "arch": "arm64",
+                              "version": version}],
+                "grub-menu": [{"linux": f"/boot/vmlinuz-{kernel}"}],
+                "esp": [{"files": {"/EFI/BOOT/BOOTAA64.EFI": version[0] * 64}}],
+                "os-release": {"ID": "debian", "DEBIAN_VERSION_FULL": version},
+                "partitions": [{"number": 1, "size": size}], "modprobe": {"x": [version]}}
+    old = stable_report(report("1.0", "6.12.1+deb13-arm64", 64))
+    assert old == stable_report(report("2.0", "6.12.9+deb13-arm64", 64))
+    assert old["packages"] == ["dpkg:arm64", "linux-image-KERNEL:arm64"]
+    assert old != stable_report(report("1.0", "6.12.1+deb13-arm64", 128))
+
+
+def test_matrix_goldens_are_stable_reports() -> None:
+    for path in sorted(GOLDENS.glob("*.json")):
+        assert path.stem in CELLS, f"{path.name}: no such cell"
+        golden = json.loads(path.read_text())
+        assert stable_report(golden) == golden, path.name
+        assert golden_diff(CELLS[path.stem], golden) == [], path.name

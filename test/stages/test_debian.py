@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -602,3 +603,21 @@ def test_standins_hook_fails_when_the_native_program_does(tmp_path: Path) -> Non
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
     hook = debian.native_standins_hook(str(native), ["depmod"])
     assert subprocess.run(["sh", "-c", hook, "hook", "/target"], env=env).returncode != 0
+
+
+def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
+    """s390x is in the archive but not in osbuild.architectures: the engine registers no handler."""
+    from osbuild import debian
+
+    if os.path.exists("/proc/sys/fs/binfmt_misc/qemu-s390x"):
+        pytest.skip("this host registers its own qemu-s390x handler")
+    code = "from osbuild import debian; debian.check_can_run('s390x')"
+    proc = subprocess.run([sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=Path(debian.__file__).parents[1])
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: an s390x tree needs qemu-user on this "
+                           f"{debian.native_architecture()} host, and binfmt_misc has no "
+                           "qemu-s390x handler: install qemu-user-static on the host\n")
+    # Natively run architectures need no handler at all.
+    debian.check_can_run("i386")
+    debian.check_can_run("all")

@@ -5,7 +5,9 @@ image-info reads it on the host whatever its architecture, and qemu boots it
 (TCG for a foreign one) to a login prompt; inside, the hostname, root file
 system, enabled services and system state are the manifest's, and the
 kernel and dpkg are of the cell's architecture. MATRIX="debian13-arm64 ..."
-picks cells; with MATRIX_REPORT=DIR each cell leaves its times there for
+picks cells; image-info's report is compared with the cell's golden
+(test/vm/goldens/<cell>.json, see matrix.stable_report; MATRIX_GOLDEN=1
+rewrites it); with MATRIX_REPORT=DIR each cell leaves its times there for
 `make check-matrix`'s table.
 """
 
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from matrix import Cell, selected
+from matrix import Cell, golden_diff, selected, write_golden
 
 # A foreign cell takes about 15 minutes on 2 cores (build, then a TCG boot): the
 # matrix runs when asked for, by `make check-matrix` or MATRIX=cells.
@@ -48,6 +50,12 @@ def test_cell_builds_inspects_and_boots(cell: Cell, vm_builder, boot_vm) -> None
     kernel = f"linux-image-{cell.architecture}"
     assert arches.get(kernel) == cell.architecture, f"image-info: {kernel} {arches.get(kernel)}"
     assert arches["dpkg"] == cell.architecture
+    report = json.loads(info.stdout)
+    if os.environ.get("MATRIX_GOLDEN"):
+        write_golden(cell, report)
+    differences = golden_diff(cell, report)
+    assert not differences, f"{cell.name}: image-info differs from its golden:\n" + \
+        "\n".join(differences)
     record("image-info", start)
 
     start = time.monotonic()
