@@ -621,3 +621,38 @@ def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
     # Natively run architectures need no handler at all.
     debian.check_can_run("i386")
     debian.check_can_run("all")
+
+
+@pytest.mark.parametrize("compression", ["xz", "gzip"])
+def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: str) -> None:
+    """A foreign install's packages are handed to dpkg uncompressed: same control, same data."""
+    from osbuild import debian
+
+    root = tmp_path / "root"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: odd\nVersion: 1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: members of odd sizes\n")
+    (root / "usr/share/odd").mkdir(parents=True)
+    (root / "usr/share/odd/data").write_bytes(os.urandom(12345))  # an odd-sized member
+    (root / "usr/share/odd/link").symlink_to("data")
+    deb, out = tmp_path / "odd.deb", tmp_path / "plain.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build",
+                    str(root), str(deb)], check=True, capture_output=True)
+    digest = debian.decompressed_deb(str(deb), str(out))
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+
+    def members(path: Path) -> list[str]:
+        return subprocess.run(["ar", "t", str(path)], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert members(out) == [*members(deb)[:2], "data.tar"]
+    for query in (["--fsys-tarfile"], ["--ctrl-tarfile"], ["--field"]):
+        before = subprocess.run(["dpkg-deb", *query, str(deb)], capture_output=True, check=True)
+        after = subprocess.run(["dpkg-deb", *query, str(out)], capture_output=True, check=True)
+        assert before.stdout == after.stdout, query
+    # Nothing to gain from a package whose data is not compressed.
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(root),
+                    str(deb)], check=True, capture_output=True)
+    assert debian.decompressed_deb(str(deb), str(tmp_path / "none.deb")) is None
+    assert not (tmp_path / "none.deb").exists()
