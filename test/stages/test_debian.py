@@ -656,3 +656,38 @@ def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: s
                     str(deb)], check=True, capture_output=True)
     assert debian.decompressed_deb(str(deb), str(tmp_path / "none.deb")) is None
     assert not (tmp_path / "none.deb").exists()
+
+
+def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
+    """A stand-in's call reaches the tree's script, run outside with DPKG_ROOT; output and
+    status come back to the caller, one call after another."""
+    from osbuild import nativecalls
+
+    tree, native = tmp_path / "tree", tmp_path / "native"
+    (tree / "usr/bin").mkdir(parents=True)
+    native.mkdir()
+    (tree / "usr/bin/deb-systemd-helper").write_text(
+        '#!/usr/bin/perl\nprint "out: $ENV{DPKG_ROOT} @ARGV\\n";\n'
+        'print STDERR "err: $ENV{DPKG_MAINTSCRIPT_PACKAGE} ",'
+        ' defined $ENV{_DEB_SYSTEMD_HELPER_DEBUG} ? "set" : "unset", "\\n";\n'
+        'exit((grep { $_ eq "was-enabled" } @ARGV) ? 1 : 0);\n')
+    env = dict(os.environ, PATH=f"{native}:/usr/bin:/bin", DPKG_MAINTSCRIPT_PACKAGE="util-linux")
+    env.pop("_DEB_SYSTEMD_HELPER_DEBUG", None)
+    with nativecalls.serving(str(tree), str(native), ["deb-systemd-helper"]):
+        calls = [["deb-systemd-helper", "--quiet", "was-enabled", "fstrim.timer"],
+                 ["deb-systemd-helper", "enable", "fstrim timer"]]
+        results = [subprocess.run(c, env=env, capture_output=True, text=True) for c in calls]
+    assert [r.returncode for r in results] == [1, 0]
+    assert results[0].stdout == f"out: {tree} --quiet was-enabled fstrim.timer\n"
+    assert results[1].stdout == f"out: {tree} enable fstrim timer\n"
+    assert results[0].stderr == "err: util-linux unset\n"
+    assert sorted(p.name for p in native.iterdir()) == ["deb-systemd-helper", "requests"]
+    # A tree without the script: the caller gets what a shell says of a missing program.
+    (tree / "usr/bin/deb-systemd-helper").unlink()
+    again = tmp_path / "again"
+    again.mkdir()
+    env["PATH"] = f"{again}:/usr/bin:/bin"
+    with nativecalls.serving(str(tree), str(again), ["deb-systemd-helper"]):
+        missing = subprocess.run(["deb-systemd-helper", "enable", "x"], env=env,
+                                 capture_output=True, text=True)
+    assert (missing.returncode, missing.stderr) == (127, "deb-systemd-helper: not found\n")
