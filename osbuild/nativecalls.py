@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,8 @@ PASSED_ENV = ("DPKG_MAINTSCRIPT_PACKAGE", "DPKG_MAINTSCRIPT_NAME", "DPKG_MAINTSC
               "DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT", "_DEB_SYSTEMD_HELPER_PURGE",
               "_DEB_SYSTEMD_HELPER_DEBUG")
 REQUESTS = "requests"
+# How long a finished call waits for its caller to read the status.
+REPLY_SECONDS = 10
 STOP = "stop"
 
 
@@ -96,12 +99,26 @@ def _serve(tree: str, directory: str) -> None:
             requests = []
         for pid, name, env, args in requests:
             status = _run(tree, directory, pid, name, env, args) if name in SCRIPTS else 127
-            reply = os.path.join(directory, f"reply.{pid}")
-            with open(reply, "w", encoding="utf-8") as f:
-                f.write(f"{status}\n")
-            os.unlink(reply)
+            _reply(os.path.join(directory, f"reply.{pid}"), status)
         if text.rstrip("\n").endswith(STOP):
             return
+
+
+def _reply(fifo: str, status: int) -> None:
+    """Send the caller its exit status; a caller that is gone (killed) gets none."""
+    deadline = time.monotonic() + REPLY_SECONDS
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:  # ENXIO: the caller is not reading (yet), ENOENT: it is gone
+            if time.monotonic() > deadline or not os.path.exists(fifo):
+                print(f"osbuild: the caller of {fifo} is gone", flush=True)
+                return
+            time.sleep(0.01)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"{status}\n")
+    os.unlink(fifo)
 
 
 def _stop(directory: str, thread: threading.Thread) -> None:
