@@ -218,6 +218,20 @@ def native_standins(directory: str) -> list[str]:
     return names
 
 
+# apt runs dpkg with PATH set to its DPkg::Path, not its own PATH: while a foreign
+# tree's packages are configured, apt in the tree is told to put the stand-ins first.
+NATIVE_PATH_CFG = "/etc/apt/apt.conf.d/00osbuild-native-path"
+
+
+def native_path_hooks(directory: str) -> tuple[str, str]:
+    """The setup hook that puts `directory` first on dpkg's PATH, and the customize hook
+    that takes it back."""
+    setting = shlex.quote(f'DPkg::Path "{directory}:/usr/sbin:/usr/bin:/sbin:/bin";')
+    cfg = shlex.quote(NATIVE_PATH_CFG)
+    return (f'mkdir -p "$1"{shlex.quote(os.path.dirname(NATIVE_PATH_CFG))} && '
+            f'echo {setting} > "$1"{cfg}', f'rm "$1"{cfg}')
+
+
 def native_standins_hook(directory: str, names: Iterable[str]) -> str:
     """The customize hook (in the build root, before the initrds) that does the noted work."""
     steps = []

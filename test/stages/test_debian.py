@@ -691,3 +691,18 @@ def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
         missing = subprocess.run(["deb-systemd-helper", "enable", "x"], env=env,
                                  capture_output=True, text=True)
     assert (missing.returncode, missing.stderr) == (127, "deb-systemd-helper: not found\n")
+
+
+def test_native_path_hooks_put_the_stand_ins_first_for_dpkg_and_take_it_back(
+        tmp_path: Path) -> None:
+    """apt gives dpkg its own PATH (DPkg::Path): the tree's apt is told, for the install only."""
+    from osbuild import debian
+
+    setup, cleanup = debian.native_path_hooks("/tmp/osbuild-debs/native")
+    subprocess.run(["sh", "-c", setup, "hook", str(tmp_path)], check=True)
+    cfg = tmp_path / debian.NATIVE_PATH_CFG.lstrip("/")
+    conf = subprocess.run(["apt-config", "-c", str(cfg), "shell", "p", "DPkg::Path"],
+                          capture_output=True, text=True, check=True).stdout
+    assert conf == "p='/tmp/osbuild-debs/native:/usr/sbin:/usr/bin:/sbin:/bin'\n"
+    subprocess.run(["sh", "-c", cleanup, "hook", str(tmp_path)], check=True)
+    assert not cfg.exists()
