@@ -626,7 +626,7 @@ def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
 @pytest.mark.parametrize("compression", ["xz", "gzip"])
 def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: str) -> None:
     """A foreign install's packages are handed to dpkg uncompressed: same control, same data."""
-    from osbuild import debian
+    from osbuild import debfile
 
     root = tmp_path / "root"
     (root / "DEBIAN").mkdir(parents=True)
@@ -639,7 +639,7 @@ def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: s
     deb, out = tmp_path / "odd.deb", tmp_path / "plain.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build",
                     str(root), str(deb)], check=True, capture_output=True)
-    digest = debian.decompressed_deb(str(deb), str(out))
+    digest = debfile.uncompressed(str(deb), str(out))
     assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
 
     def members(path: Path) -> list[str]:
@@ -654,7 +654,7 @@ def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: s
     # Nothing to gain from a package whose data is not compressed.
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(root),
                     str(deb)], check=True, capture_output=True)
-    assert debian.decompressed_deb(str(deb), str(tmp_path / "none.deb")) is None
+    assert debfile.uncompressed(str(deb), str(tmp_path / "none.deb")) is None
     assert not (tmp_path / "none.deb").exists()
 
 
