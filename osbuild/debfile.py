@@ -76,7 +76,8 @@ def uncompressed(source: str, target: str) -> str | None:
                 out.seek(start)
                 out.write(_ar_header(header, "data.tar", length))
                 out.seek(end)
-        return _sha256(target)
+    with open(target, "rb") as written:
+        return hashlib.file_digest(written, "sha256").hexdigest()
 
 
 class _Slice(io.RawIOBase):
@@ -93,10 +94,3 @@ class _Slice(io.RawIOBase):
         self.left -= n or 0
         return n or 0
 
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
