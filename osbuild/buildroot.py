@@ -156,6 +156,10 @@ class BuildRoot:
             resolv = Path(os.path.realpath("/etc/resolv.conf"))
             if network and resolv.is_file() and os.path.lexists(self.root / "etc/resolv.conf"):
                 cmd += ["--ro-bind", str(resolv), "/etc/resolv.conf"]
+        # dpkg's record of the build root, read-only: a stage may ask dpkg-query which
+        # version of a tool it runs (debs runs some in place of the tree's, if the same).
+        if (self.root / "var/lib/dpkg").is_dir():
+            cmd += ["--ro-bind", str(self.root / "var/lib/dpkg"), "/var/lib/dpkg"]
         cmd += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys"]
         # bwrap leaves /proc/sys writable for root: most sysctls are global, so a
         # stage writing one would retune the host's kernel. Net sysctls still show

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import osbuild.api
 import osbuild.tool
-from osbuild import architectures
+from osbuild import architectures, stagelib
 
 # Docs, manual pages and translations: what minimal images usually leave out.
 # The copyright files stay, as Debian's licences ask.
@@ -207,10 +207,7 @@ def native_standins(directory: str) -> list[str]:
     """Write a stand-in into `directory` for each program the build root has; their names."""
     names = [name for name in STANDINS if shutil.which(name)]
     for name in names:
-        path = os.path.join(directory, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(standin_script(name, directory))
-        os.chmod(path, 0o755)
+        stagelib.write_file(directory, name, standin_script(name, directory), mode=0o755)
     return names
 
 

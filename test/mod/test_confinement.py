@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PRIVATE = {
     "create /tmp/{name}", "mkdir /tmp/{name}.d",
     "create /var/{name}", "mkdir /var/{name}.d",
+    # /var/lib holds the build root's /var/lib/dpkg (read-only), in the sandbox's own root.
+    "create /var/lib/{name}", "mkdir /var/lib/{name}.d",
     "create /{name}", "mkdir /{name}.d",
     "mount over /etc", "create in /etc after mounting over it",
     "mount in the tree", "create in the mount in the tree",
@@ -290,3 +292,20 @@ def test_a_stage_gets_the_default_and_what_it_asks_for(libdir: Path, tmp_path: P
     when asked for one it cannot grant."""
     expected = (DEFAULT_CAPABILITIES | asked) & held()
     assert sandbox_capabilities(libdir, tmp_path, asked) == expected
+
+
+def test_a_stage_reads_the_build_roots_dpkg_database_and_cannot_change_it(
+        libdir: Path, tmp_path: Path) -> None:
+    """dpkg-query answers for the build root's packages (read-only: a write fails)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    script = ("dpkg-query -W --showformat='${Version}\\n' dpkg && "
+              "! touch /var/lib/dpkg/status 2>/dev/null")
+    args = {"options": {"script": script}, "inputs": {}, "devices": {}, "mounts": {},
+            "paths": {}, "meta": {"id": "0" * 64}}
+    run = BuildRoot(Path("/"), "org.osbuild.linux", libdir).run(
+        "stages/org.osbuild.test.script", args, tree, tmp_path)
+    assert run.returncode == 0 and run.metadata is not None, run.tail
+    host = subprocess.run(["dpkg-query", "-W", "--showformat=${Version}\n", "dpkg"],
+                          capture_output=True, text=True, check=True).stdout
+    assert run.metadata["stdout"] == host

@@ -706,3 +706,113 @@ def test_native_path_hooks_put_the_stand_ins_first_for_dpkg_and_take_it_back(
     assert conf == "p='/tmp/osbuild-debs/native:/usr/sbin:/usr/bin:/sbin:/bin'\n"
     subprocess.run(["sh", "-c", cleanup, "hook", str(tmp_path)], check=True)
     assert not cfg.exists()
+
+
+def fake_dracut_install(tree: Path, bin_dir: Path, log: Path) -> Path:
+    """A build root's dracut-install and the tree's own (at the same path in the tree):
+    each logs who ran it, with its umask and arguments; "fail" makes it exit 3."""
+    program = bin_dir / "dracut-install"
+    for path, who in ((program, "root"), (tree / program.relative_to("/"), "own")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\necho "{who} $(umask) $*" >> {log}\n'
+                        '[ "${*##* }" != fail ] || exit 3\n')
+        path.chmod(0o755)
+    return program
+
+
+def test_dracut_install_callout_copies_modules_from_outside_and_keeps_other_calls(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """initramfs-tools' module calls run the build root's dracut-install on the tree's
+    paths (with the caller's umask and status); calls that read ELF dependencies or have
+    no module list run the tree's own."""
+    import dataclasses
+
+    from osbuild import nativecalls
+
+    tree, native, log = tmp_path / "tree", tmp_path / "native", tmp_path / "log"
+    native.mkdir()
+    program = fake_dracut_install(tree, tmp_path / "bin", log)
+    callout = dataclasses.replace(nativecalls.CALLOUTS["dracut-install"],
+                                  program=str(program), needs=(str(program),))
+    monkeypatch.setitem(nativecalls.CALLOUTS, "dracut-install", callout)
+    # What the bind hook leaves for the stand-in: the tree's own program beside it.
+    shutil.copy(tree / program.relative_to("/"), nativecalls.trees_own("dracut-install",
+                                                                      str(native)))
+    standin = str(native / "dracut-install")
+    modules = ["-D", "/var/tmp/mkinitramfs_Ab12", "--kerneldir", "/lib/modules/6.12.41-arm64",
+               "--firmwaredirs", "/lib/firmware/updates/6.12.41-arm64:/lib/firmware", "-o",
+               "-m", "-s", "register_virtio_device|usbnet_open", "=drivers/net", "ext4"]
+    with nativecalls.serving(str(tree), str(native), ["dracut-install"]):
+        ok = subprocess.run([standin, *modules], preexec_fn=lambda: os.umask(0o027))
+        failed = subprocess.run([standin, "--destrootdir=/var/tmp/x", "-m", "fail"])
+        subprocess.run([standin, "-D", "/var/tmp/x", "-l", "-m", "ext4"], check=True)
+        subprocess.run([standin, "-D", "/var/tmp/x", "/usr/bin/busybox"], check=True)
+        missing_value = subprocess.run([standin, "-m", "ext4", "--kerneldir"],
+                                       capture_output=True, text=True)
+    assert (ok.returncode, failed.returncode, missing_value.returncode) == (0, 3, 2)
+    assert missing_value.stderr.startswith("dracut-install: an option without its value")
+    t = str(tree)
+    for name in nativecalls.CALLOUTS:
+        script = nativecalls.standin_script(name, str(native))
+        assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0, name
+    assert log.read_text().splitlines() == [
+        f"root 0027 --sysrootdir {t} -D {t}/var/tmp/mkinitramfs_Ab12 --kerneldir "
+        f"{t}/lib/modules/6.12.41-arm64 --firmwaredirs {t}/lib/firmware/updates/6.12.41-arm64:"
+        f"{t}/lib/firmware -o -m -s register_virtio_device|usbnet_open =drivers/net ext4",
+        f"root 0022 --sysrootdir {t} --destrootdir {t}/var/tmp/x -m fail",
+        "own 0022 -D /var/tmp/x -l -m ext4",
+        "own 0022 -D /var/tmp/x /usr/bin/busybox"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds a file (mount needs root)")
+def test_dracut_install_is_bound_over_the_trees_only_with_the_same_modprobe_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kmod's modprobe.d decides which modules (softdeps) go in: where the build root's
+    differs from the tree's, the tree's own dracut-install makes the initrd."""
+    import dataclasses
+
+    from osbuild import nativecalls
+
+    tree, native, log = tmp_path / "tree", tmp_path / "native", tmp_path / "log"
+    native.mkdir()
+    program = fake_dracut_install(tree, tmp_path / "bin", log)
+    conf = tmp_path / "modprobe.d"
+    for root in (tmp_path, tree / tmp_path.relative_to("/")):
+        (root / "modprobe.d").mkdir(parents=True, exist_ok=True)
+        (root / "modprobe.d/blacklist.conf").write_text("blacklist floppy\n")
+    callout = dataclasses.replace(nativecalls.CALLOUTS["dracut-install"], program=str(program),
+                                  needs=(str(program),), same_dirs=(str(conf), "/nonexistent"))
+    monkeypatch.setitem(nativecalls.CALLOUTS, "dracut-install", callout)
+    (native / "dracut-install").write_text("#!/bin/sh\necho standin\n")
+    (native / "dracut-install").chmod(0o755)
+    bind, unbind = nativecalls.bind_hooks(str(native), ["deb-systemd-helper", "dracut-install"])
+    script = f'{bind} && "$1"{program} && {unbind} && "$1"{program} -m x'
+    bound = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            script, "hook", str(tree)], capture_output=True, text=True)
+    assert (bound.returncode, bound.stdout) == (0, "standin\n"), bound.stderr
+    assert sorted(p.name for p in native.iterdir()) == ["dracut-install"]
+    (tree / tmp_path.relative_to("/") / "modprobe.d/blacklist.conf").write_text("\n")
+    kept = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script, "hook", str(tree)], capture_output=True, text=True)
+    assert (kept.returncode, kept.stdout) == (0, ""), kept.stderr
+    assert log.read_text().splitlines() == ["own 0022 -m x", "own 0022 ", "own 0022 -m x"]
+
+
+def test_callouts_need_the_build_roots_programs_and_the_trees_package_versions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call-out is used only where the build root has its programs and, of the packages
+    that decide its result, the very versions the tree installs (read with dpkg-query)."""
+    import dataclasses
+
+    from osbuild import nativecalls
+
+    dpkg = subprocess.run(["dpkg-query", "-W", "--showformat=${Version}", "dpkg"],
+                          capture_output=True, text=True, check=True).stdout
+    base = nativecalls.CALLOUTS["dracut-install"]
+    monkeypatch.setattr(nativecalls, "CALLOUTS", {
+        "same": dataclasses.replace(base, needs=("sh",), same_versions=("dpkg",)),
+        "absent": dataclasses.replace(base, needs=("sh", "/nonexistent/program")),
+        "any": dataclasses.replace(base, needs=("sh",), same_versions=())})
+    assert nativecalls.usable({"dpkg": dpkg}) == ["same", "any"]
+    assert nativecalls.usable({"dpkg": dpkg + "+1"}) == ["any"]
+    assert nativecalls.usable({}) == ["any"]
