@@ -1,6 +1,7 @@
 """The `image-info` command: a JSON report of an image, a tree or a tarball on stdout.
 
     image-info IMAGE|DIR|TARBALL [--backend auto|loop|guestfs] [--debug]
+    image-info --diff A B [--json] [--backend ...]   (A, B: as above, or a report *.json)
 
 Errors are one line on stderr and exit status 1; a traceback only for an
 internal bug and only with --debug. Every scratch file, loop device and mount
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from osbuild.errors import OsbuildError
-from osbuild.image_info import bootloader, source, tree
+from osbuild.image_info import ImageInfoError, bootloader, source, tree
+from osbuild.image_info import diff as report_diff
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
 from osbuild.image_info.disk import layout as read_layout
 from osbuild.image_info.treeview import Tree
@@ -31,12 +33,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="image-info",
         description="Print a JSON report of a disk image (raw, qcow2, vmdk, vpc, vdi, vhdx), "
         "a file system image, a directory tree or a tarball.")
-    parser.add_argument("target", metavar="IMAGE|DIR|TARBALL", type=Path)
+    parser.add_argument("target", metavar="IMAGE|DIR|TARBALL", type=Path, nargs="?")
+    parser.add_argument("--diff", nargs=2, metavar=("A", "B"), type=Path,
+                        help="print what differs between the reports of A and B (images, "
+                        "trees, tarballs, or reports image-info wrote: *.json)")
+    parser.add_argument("--json", action="store_true", help="with --diff: the changes as JSON")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how file systems in an image are read: loop devices (root) or "
                         "libguestfs (no root, slow); auto: loop as root, else guestfs")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.target is None) == (args.diff is None):
+        parser.error("give one IMAGE|DIR|TARBALL, or --diff A B")
+    if args.json and args.diff is None:
+        parser.error("--json goes with --diff")
+    return args
 
 
 def tree_report(view: Tree) -> dict[str, Any]:
@@ -92,6 +103,30 @@ def _inspect(target: Path, backend: str, stack: contextlib.ExitStack) -> dict[st
     return image_report(target, command if kind == "compressed-image" else None, backend, stack)
 
 
+def load_report(path: Path, backend: str) -> dict[str, Any]:
+    """A report: read from a *.json file image-info wrote, or made by inspecting `path`."""
+    if path.suffix != ".json" or not path.is_file():
+        return inspect(path, backend)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImageInfoError(f"{path}: not a report of image-info: {exc}") from None
+    if not isinstance(report, dict):
+        raise ImageInfoError(f"{path}: not a report of image-info: not a JSON object")
+    return report
+
+
+def output(args: argparse.Namespace) -> str:
+    """What image-info prints for these arguments."""
+    if args.diff is None:
+        return json.dumps(inspect(args.target, args.backend), indent=2, sort_keys=True) + "\n"
+    old, new = (load_report(path, args.backend) for path in args.diff)
+    changes = report_diff.diff(old, new)
+    if args.json:
+        return json.dumps({"changes": changes}, indent=2, sort_keys=True) + "\n"
+    return report_diff.render(changes)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     # SIGTERM unwinds like Ctrl-C, so the ExitStack releases mounts and loop devices.
     raise KeyboardInterrupt
@@ -101,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        report = inspect(args.target, args.backend)
+        text = output(args)
     except OsbuildError as exc:
         print(f"image-info: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -115,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "(run with --debug for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
     try:
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader is gone (`| head`): not worth a traceback at exit either.

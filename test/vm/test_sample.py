@@ -5,6 +5,7 @@ documented password)."""
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,17 @@ def test_second_build_is_cached_with_the_same_packages(sample: dict[str, Any]) -
     assert {"systemd-sysv", "openssh-server", "linux-image-amd64"} <= names
     pinned = sample["manifest"]["pipelines"][1]["stages"][0]["inputs"]["packages"]["references"]
     assert {p["sha256"] for p in packages} == {c.removeprefix("sha256:") for c in pinned}
+
+
+def test_image_info_diff_of_the_sample_and_another_hostname_is_that_change(
+        default_image: VMImage, vm_builder) -> None:
+    """What a user runs to see what a manifest change did: here, exactly the hostname."""
+    other = vm_builder.build(ROOT / "samples/src/debian13-qcow2.yaml", variant="renamed",
+                             options={"org.osbuild.hostname": {"hostname": "renamed-host"}})
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--diff",
+                           str(default_image.path), str(other.path), "--json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"changes": [
+        {"path": "hostname", "change": "changed", "old": default_image.hostname,
+         "new": "renamed-host"}]}

@@ -71,6 +71,19 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def with_options(manifest: dict[str, Any], options: dict[str, dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """The manifest with `options` (stage type -> options) merged into those stages'."""
+    found = set()
+    for pipeline in manifest["pipelines"]:
+        for stage in pipeline.get("stages", []):
+            if stage["type"] in options:
+                stage["options"] = {**stage.get("options", {}), **options[stage["type"]]}
+                found.add(stage["type"])
+    assert found == set(options), f"no stage of type {set(options) - found} to change"
+    return manifest
+
+
 class Builder:
     """Pins and builds images into the run's shared store, one build at a time."""
 
@@ -87,20 +100,19 @@ class Builder:
         return key
 
     def build(self, template: Path, export: str = "qcow2", uefi: bool = False,
-              arch: str = "x86_64") -> VMImage:
-        name = template.stem
+              arch: str = "x86_64", variant: str = "",
+              options: dict[str, dict[str, Any]] | None = None) -> VMImage:
+        """The template's image; a `variant` (its name's suffix) has `options` merged into
+        the options of the stages of those types."""
+        name = template.stem + (f"-{variant}" if variant else "")
         with locked(self.lock):
             key = self.key()
-            pinned = self.shared / "pinned" / f"{name}.json"
-            if not pinned.exists():
-                pinned.parent.mkdir(exist_ok=True)
-                raw = self.shared / "pinned" / f".{name}.raw.json"
-                subprocess.run([sys.executable, "-m", "osbuild.mpp", str(template), str(raw)],
-                               check=True)
-                text = raw.read_text().replace(KEY_PLACEHOLDER,
-                                               key.with_suffix(".pub").read_text().strip())
-                raw.unlink()
-                pinned.write_text(text)
+            pinned = self._pinned(template, key)
+            if variant:
+                # A variant has the very packages of its template's pinned manifest.
+                base = json.loads(pinned.read_text())
+                pinned = pinned.with_name(f"{name}.json")
+                pinned.write_text(json.dumps(with_options(base, options or {}), indent=2))
             manifest = json.loads(pinned.read_text())
             out = self.shared / "out" / name
             if not out.exists():
@@ -116,6 +128,19 @@ class Builder:
         assert len(images) == 1, f"{name}: expected one image in the export, got {images}"
         injects_key = KEY_PLACEHOLDER in template.read_text()
         return VMImage(name, images[0], manifest, uefi, key if injects_key else None, arch)
+
+    def _pinned(self, template: Path, key: Path) -> Path:
+        """The template pinned by osbuild-mpp once per run, with the run's SSH key in it."""
+        pinned = self.shared / "pinned" / f"{template.stem}.json"
+        if not pinned.exists():
+            pinned.parent.mkdir(exist_ok=True)
+            raw = self.shared / "pinned" / f".{template.stem}.raw.json"
+            subprocess.run([sys.executable, "-m", "osbuild.mpp", str(template), str(raw)],
+                           check=True)
+            pinned.write_text(raw.read_text().replace(
+                KEY_PLACEHOLDER, key.with_suffix(".pub").read_text().strip()))
+            raw.unlink()
+        return pinned
 
 
 Runner = Callable[[str], tuple[int, str]]
