@@ -9,6 +9,7 @@ assumes the layout our own stages produce.
 Modules, one concern each:
 - cli: command line and the error boundary.
 - diff: two reports compared path by path (--diff).
+- sbom: the installed packages as an SPDX document (--sbom spdx).
 - source: what the input is (directory, tarball, disk or file system image) and
   how it becomes something readable (a raw file, an extracted tree).
 - disk: image format, partition table, partitions and their file systems.

@@ -2,6 +2,7 @@
 
     image-info IMAGE|DIR|TARBALL [--backend auto|loop|guestfs] [--debug]
     image-info --diff A B [--json] [--backend ...]   (A, B: as above, or a report *.json)
+    image-info --sbom spdx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
 
 Errors are one line on stderr and exit status 1; a traceback only for an
 internal bug and only with --debug. Every scratch file, loop device and mount
@@ -20,6 +21,7 @@ from typing import Any
 from osbuild.errors import OsbuildError
 from osbuild.image_info import ImageInfoError, bootloader, source, tree
 from osbuild.image_info import diff as report_diff
+from osbuild.image_info import sbom as sboms
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
 from osbuild.image_info.disk import layout as read_layout
 from osbuild.image_info.treeview import Tree
@@ -38,6 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="print what differs between the reports of A and B (images, "
                         "trees, tarballs, or reports image-info wrote: *.json)")
     parser.add_argument("--json", action="store_true", help="with --diff: the changes as JSON")
+    parser.add_argument("--sbom", choices=["spdx"],
+                        help="print an SBOM of the installed packages instead (SPDX 2.3 JSON)")
+    parser.add_argument("--build-metadata", metavar="OSBUILD_JSON", type=Path,
+                        help="with --sbom: what `osbuild --json` printed for the build; "
+                        "packages get the sha256 of their .deb")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how file systems in an image are read: loop devices (root) or "
                         "libguestfs (no root, slow); auto: loop as root, else guestfs")
@@ -47,12 +54,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("give one IMAGE|DIR|TARBALL, or --diff A B")
     if args.json and args.diff is None:
         parser.error("--json goes with --diff")
+    if args.sbom and args.diff is not None:
+        parser.error("--sbom takes one IMAGE|DIR|TARBALL, not --diff")
+    if args.build_metadata and not args.sbom:
+        parser.error("--build-metadata goes with --sbom")
     return args
 
 
-def tree_report(view: Tree) -> dict[str, Any]:
-    """The keys read from an OS tree, boot configuration included."""
+def tree_report(view: Tree, sbom: bool = False) -> dict[str, Any]:
+    """The keys read from an OS tree, boot configuration included (and, for an SBOM, what
+    it says of each package, as "sbom-packages")."""
     report = tree.report(view)
+    found = sboms.packages(view) if sbom else None
+    if found is not None:
+        report["sbom-packages"] = found
     report.update(bootloader.grub_menu(view))
     report.update(bootloader.bootmenu(view))
     report.update(bootloader.boot_environment(view))
@@ -60,7 +75,7 @@ def tree_report(view: Tree) -> dict[str, Any]:
 
 
 def image_report(path: Path, compression: list[str] | None, backend: str,
-                 stack: contextlib.ExitStack) -> dict[str, Any]:
+                 stack: contextlib.ExitStack, sbom: bool = False) -> dict[str, Any]:
     backend = choose(backend)  # before any work: a refusal comes first
     if compression is not None:
         raw = source.decompress_image(path, compression, source.scratch_dir(stack))
@@ -76,15 +91,15 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     if has_mountable(disk):
         view = mount_os(open_backend(backend, raw, stack), disk)
         if view is not None:
-            report.update(tree_report(view))
+            report.update(tree_report(view, sbom))
     return report
 
 
-def inspect(target: Path, backend: str) -> dict[str, Any]:
+def inspect(target: Path, backend: str, sbom: bool = False) -> dict[str, Any]:
     """The report of `target`, whatever it is; all scratch space is gone on return."""
     stack = contextlib.ExitStack()
     try:
-        return _inspect(target, backend, stack)
+        return _inspect(target, backend, stack, sbom)
     finally:
         # An interrupt in the middle of an unmount or of removing the scratch
         # directory would leave half of it behind: it waits until cleanup is done.
@@ -92,15 +107,18 @@ def inspect(target: Path, backend: str) -> dict[str, Any]:
             stack.close()
 
 
-def _inspect(target: Path, backend: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+def _inspect(target: Path, backend: str, stack: contextlib.ExitStack,
+             sbom: bool) -> dict[str, Any]:
     kind, command = source.classify(target)
     if kind == "directory":
-        return tree_report(Tree(target))
+        return tree_report(Tree(target), sbom)
     if kind == "tarball":
         dest = source.scratch_dir(stack)
-        labels = source.extract_tarball(target, command, dest, (*tree.PATHS, *bootloader.PATHS))
-        return tree_report(Tree(dest, labels=labels.get if labels else None))
-    return image_report(target, command if kind == "compressed-image" else None, backend, stack)
+        paths = (*tree.PATHS, *bootloader.PATHS, *(sboms.PATHS if sbom else ()))
+        labels = source.extract_tarball(target, command, dest, paths)
+        return tree_report(Tree(dest, labels=labels.get if labels else None), sbom)
+    return image_report(target, command if kind == "compressed-image" else None, backend, stack,
+                        sbom)
 
 
 def load_report(path: Path, backend: str) -> dict[str, Any]:
@@ -116,8 +134,25 @@ def load_report(path: Path, backend: str) -> dict[str, Any]:
     return report
 
 
+def sbom_document(args: argparse.Namespace) -> str:
+    """The SBOM of the target's installed packages; the build's checksums if given."""
+    sums = None
+    if args.build_metadata:
+        try:
+            sums = sboms.checksums(json.loads(args.build_metadata.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ImageInfoError(f"{args.build_metadata}: not what osbuild --json printed: "
+                                 f"{exc}") from None
+    report = inspect(args.target, args.backend, sbom=True)
+    if "sbom-packages" not in report:
+        raise ImageInfoError(f"{args.target}: no OS tree with a dpkg database to list")
+    return sboms.spdx(report, report.pop("sbom-packages"), args.target.name, sums)
+
+
 def output(args: argparse.Namespace) -> str:
     """What image-info prints for these arguments."""
+    if args.sbom:
+        return sbom_document(args)
     if args.diff is None:
         return json.dumps(inspect(args.target, args.backend), indent=2, sort_keys=True) + "\n"
     old, new = (load_report(path, args.backend) for path in args.diff)

@@ -67,3 +67,28 @@ def test_image_info_diff_of_the_sample_and_another_hostname_is_that_change(
     assert json.loads(proc.stdout) == {"changes": [
         {"path": "hostname", "change": "changed", "old": default_image.hostname,
          "new": "renamed-host"}]}
+
+
+def test_sbom_of_the_sample_is_valid_spdx_with_every_package_and_its_deb(
+        default_sample: dict[str, Any], tmp_path: Path) -> None:
+    """image-info --sbom spdx: SPDX 2.3 by its schema, one package per dpkg package,
+    each with the sha256 of the .deb the build installed (from osbuild --json)."""
+    import jsonschema
+
+    result = tmp_path / "build.json"
+    result.write_text(json.dumps(default_sample["result"]))
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--sbom", "spdx",
+                           str(default_sample["image"]), "--build-metadata", str(result)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    schema = json.loads((ROOT / "test/data/spdx/spdx-2.3-schema.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(document)
+    built = default_sample["result"]["metadata"]["os"]["org.osbuild.debs"]["packages"]
+    debs = [p for p in document["packages"] if p["SPDXID"] != "SPDXRef-Image"]
+    assert sorted((p["name"], p["versionInfo"], p["checksums"][0]["checksumValue"])
+                  for p in debs) == sorted((p["name"], p["version"], p["sha256"]) for p in built)
+    systemd = next(p for p in debs if p["name"] == "systemd")
+    assert "LGPL-2.1-or-later" in systemd["licenseDeclared"]
+    assert systemd["externalRefs"][0]["referenceLocator"].startswith(
+        f"pkg:deb/debian/systemd@{systemd['versionInfo']}?arch=amd64&distro=debian-13")

@@ -1,0 +1,260 @@
+"""image-info --sbom spdx: an SPDX 2.3 document of the packages an image has installed.
+
+Each dpkg package becomes an SPDX package with its version, its
+architecture and distribution in a purl, its source package, and the license
+its Debian copyright file declares when that file is machine-readable (DEP-5).
+DEP-5's short names are mostly not SPDX identifiers ("GPL-2+", "Expat"): the
+ones that mean an SPDX license are translated, any other becomes a
+LicenseRef of that package with the file's text for it. When the build's
+metadata (`osbuild --json`) is given, each package also gets the sha256 of the
+.deb it was installed from. The document is made, validated and written with
+spdx-tools, the SPDX project's own library (imported only for --sbom).
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from osbuild.image_info import ImageInfoError
+from osbuild.image_info.tree import DPKG_STATUS
+from osbuild.image_info.treeview import Tree
+
+PATHS = ("usr/share/doc",)  # where copyright files are (a tarball's part to extract)
+DEP5_FORMAT = re.compile(r"^Format:\s*https?://www\.debian\.org/doc/packaging-manuals/"
+                         r"copyright-format/1\.0/?\s*$", re.M)
+# DEP-5 names that are an SPDX license under another name (lower case).
+DEP5_NAMES = {"expat": "MIT", "mit/x11": "MIT", "artistic": "Artistic-1.0-Perl",
+              "apache-2": "Apache-2.0", "psf-2": "PSF-2.0", "gpl": "GPL-1.0-or-later",
+              "lgpl": "LGPL-2.0-or-later", "bsl-1": "BSL-1.0"}
+GNU = re.compile(r"^(GPL|LGPL|AGPL|GFDL)-(\d+)(\.\d+)?(\+)?$", re.I)
+NOT_IN_ID = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+def _stanzas(text: str) -> Iterator[dict[str, str]]:
+    """deb822 paragraphs: field -> value (continuation lines joined with newlines)."""
+    for block in re.split(r"\n[ \t]*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and key is not None:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line and not line.startswith("#"):
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields:
+            yield fields
+
+
+def packages(view: Tree) -> list[dict[str, Any]] | None:
+    """What the SBOM says of each installed dpkg package, read from the tree (None: the
+    tree has no dpkg database)."""
+    status = view.read_text(DPKG_STATUS)
+    if status is None:
+        return None
+    found = []
+    for fields in _stanzas(status):
+        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
+            continue
+        name = fields["Package"]
+        source, _, source_version = fields.get("Source", name).partition(" ")
+        copyright_text = view.read_text(f"usr/share/doc/{name}/copyright")
+        found.append({
+            "name": name, "version": fields.get("Version", ""),
+            "arch": fields.get("Architecture", ""),
+            "source": source, "source-version": source_version.strip("()") or
+            fields.get("Version", ""),
+            "homepage": fields.get("Homepage"),
+            "licenses": dep5_licenses(copyright_text) if copyright_text else None})
+    return sorted(found, key=lambda p: (p["name"], p["arch"]))
+
+
+def dep5_licenses(text: str) -> dict[str, Any] | None:
+    """The License lines of a DEP-5 file's Files paragraphs, and its stand-alone license
+    texts (name -> text); None for a copyright file that is not machine-readable."""
+    if not DEP5_FORMAT.search(text):
+        return None
+    declared: list[str] = []
+    texts: dict[str, str] = {}
+    for fields in _stanzas(text):
+        if "License" not in fields:
+            continue
+        first, _, body = fields["License"].partition("\n")
+        if "Files" in fields:
+            if first and first not in declared:
+                declared.append(first)
+        elif body:
+            texts[first] = body
+    return {"declared": declared, "texts": texts}
+
+
+def _spdx_ids() -> dict[str, str]:
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+    return {s.lower(): s for s in spdx_licensing.known_symbols
+            if not s.startswith("LicenseRef-")}
+
+
+def _license(atom: str, package: str, known: dict[str, str], refs: dict[str, str]) -> str:
+    """One DEP-5 license name as an SPDX identifier, or as the package's LicenseRef."""
+    name = atom.strip()
+    lower = name.lower()
+    if lower in known:
+        return known[lower]
+    if lower in DEP5_NAMES:
+        return DEP5_NAMES[lower]
+    gnu = GNU.match(name)
+    if gnu and " " not in name:
+        family, major, minor, plus = gnu.groups()
+        spdx = f"{family.upper()}-{major}{minor or '.0'}-{'or-later' if plus else 'only'}"
+        if spdx.lower() in known:
+            return known[spdx.lower()]
+    ref = "-".join(NOT_IN_ID.sub("-", n.replace("+", "-plus")).strip("-")
+                   for n in ("LicenseRef", package, name))
+    refs[ref] = name
+    return ref
+
+
+def license_expression(lines: list[str], package: str, known: dict[str, str],
+                       refs: dict[str, str]) -> str | None:
+    """The SPDX expression for a package's DEP-5 License lines (all of them apply)."""
+    parts = []
+    for line in lines:
+        # DEP-5: a comma groups ("A or B, and C" is "(A or B) and C"); "with X
+        # exception" names an exception SPDX may not know: the whole name is a ref.
+        expression = ""
+        for group in line.split(","):
+            tokens = [t for t in re.split(r"\s+(or|and)\s+|^(or|and)\s+", group.strip(),
+                                          flags=re.I) if t]
+            joiner = "AND"
+            if tokens and tokens[0].lower() in ("or", "and"):
+                joiner = tokens.pop(0).upper()
+            terms = [t.upper() if t.lower() in ("or", "and")
+                     else _license(t, package, known, refs) for t in tokens]
+            if not terms:
+                continue
+            term = "(" + " ".join(terms) + ")"
+            expression = f"({expression} {joiner} {term})" if expression else term
+        if expression:
+            parts.append(expression)
+    return " AND ".join(parts) if parts else None
+
+
+def checksums(metadata: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(name, version, architecture) -> sha256 of every package a build's stages record."""
+    found: dict[tuple[str, str, str], str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if {"name", "version", "architecture", "sha256"} <= node.keys():
+                found[(node["name"], node["version"], node["architecture"])] = node["sha256"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(metadata.get("metadata", metadata) if isinstance(metadata, dict) else metadata)
+    return found
+
+
+def _created() -> datetime.datetime:
+    """SOURCE_DATE_EPOCH if set (the same document for the same image), else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        try:
+            return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+        except (ValueError, OverflowError):
+            raise ImageInfoError(f"SOURCE_DATE_EPOCH={epoch!r} is not a time") from None
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def spdx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
+         sums: dict[tuple[str, str, str], str] | None = None) -> str:
+    """The SPDX 2.3 JSON document of an image's report and its packages' facts."""
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+    from spdx_tools.spdx.jsonschema.document_converter import DocumentConverter
+    from spdx_tools.spdx.model import (
+        Actor,
+        ActorType,
+        Checksum,
+        ChecksumAlgorithm,
+        CreationInfo,
+        Document,
+        ExternalPackageRef,
+        ExternalPackageRefCategory,
+        ExtractedLicensingInfo,
+        Package,
+        PackagePurpose,
+        Relationship,
+        RelationshipType,
+        SpdxNoAssertion,
+    )
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    osr = report.get("os-release") or {}
+    distro = str(osr.get("ID") or "debian").lower()
+    qualifier = f"&distro={quote(distro)}-{quote(osr['VERSION_ID'])}" \
+        if osr.get("VERSION_ID") else ""
+    known = _spdx_ids()
+    sums = sums or {}
+    digest = hashlib.sha256(repr([(p["name"], p["version"], p["arch"]) for p in found])
+                            .encode()).hexdigest()
+    creation = CreationInfo(
+        "SPDX-2.3", "SPDXRef-DOCUMENT", f"image-info SBOM of {name}",
+        f"https://osbuild-deb.invalid/spdx/{quote(name)}-{digest}",
+        [Actor(ActorType.TOOL, "image-info (osbuild-deb)")], _created())
+    image = Package("SPDXRef-Image", name, SpdxNoAssertion(), files_analyzed=False,
+                    primary_package_purpose=PackagePurpose.OPERATING_SYSTEM,
+                    version=osr.get("VERSION_ID"))
+    pkgs, relationships = [image], [
+        Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, "SPDXRef-Image")]
+    extracted: list[Any] = []
+    used: set[str] = set()
+    for p in found:
+        spdx_id = "SPDXRef-deb-" + NOT_IN_ID.sub("-", f"{p['name']}-{p['arch']}")
+        while spdx_id in used:
+            spdx_id += "-"
+        used.add(spdx_id)
+        refs: dict[str, str] = {}
+        licenses = p["licenses"]
+        expression = license_expression(licenses["declared"], p["name"], known, refs) \
+            if licenses else None
+        for ref, dep5_name in refs.items():
+            if ref not in {e.license_id for e in extracted}:
+                text = licenses["texts"].get(dep5_name) if licenses else None
+                extracted.append(ExtractedLicensingInfo(
+                    ref, text or f"See /usr/share/doc/{p['name']}/copyright",
+                    dep5_name, comment="a license name of the package's DEP-5 copyright"))
+        purl = (f"pkg:deb/{quote(distro)}/{quote(p['name'])}@{quote(p['version'], safe='')}"
+                f"?arch={quote(p['arch'])}{qualifier}")
+        sha256 = sums.get((p["name"], p["version"], p["arch"]))
+        homepage = p["homepage"] if p["homepage"] and re.match(
+            r"^https?://\S+$", p["homepage"]) else None
+        pkgs.append(Package(
+            spdx_id, p["name"], SpdxNoAssertion(), version=p["version"],
+            files_analyzed=False, homepage=homepage,
+            source_info=f"built from the source package {p['source']} {p['source-version']}",
+            license_concluded=SpdxNoAssertion(),
+            license_declared=spdx_licensing.parse(expression) if expression
+            else SpdxNoAssertion(),
+            copyright_text=SpdxNoAssertion(),
+            checksums=[Checksum(ChecksumAlgorithm.SHA256, sha256)] if sha256 else [],
+            external_references=[ExternalPackageRef(
+                ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", purl)]))
+        relationships.append(Relationship("SPDXRef-Image", RelationshipType.CONTAINS, spdx_id))
+    document = Document(creation, packages=pkgs, relationships=relationships,
+                        extracted_licensing_info=extracted)
+    problems = validate_full_spdx_document(document)
+    if problems:
+        raise AssertionError(f"the SBOM is not valid SPDX: {problems[0].validation_message}")
+    converted = DocumentConverter().convert(document)
+    # spdx-tools writes SPDX 2.2's "PACKAGE_MANAGER"; 2.3 spells it with a hyphen
+    # (spdx/tools-python#813): what the 2.3 schema accepts.
+    for package in converted.get("packages", []):
+        for ref in package.get("externalRefs", []):
+            ref["referenceCategory"] = ref["referenceCategory"].replace("_", "-")
+    return json.dumps(converted, indent=2, sort_keys=True) + "\n"
