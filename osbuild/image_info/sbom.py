@@ -42,7 +42,8 @@ def _stanzas(text: str) -> Iterator[dict[str, str]]:
         key = None
         for line in block.splitlines():
             if line[:1] in (" ", "\t") and key is not None:
-                fields[key] += "\n" + line.strip()
+                text = line.strip()
+                fields[key] += "\n" + ("" if text == "." else text)  # " ." is an empty line
             elif ":" in line and not line.startswith("#"):
                 key, _, value = line.partition(":")
                 fields[key] = value.strip()

@@ -109,7 +109,7 @@ def test_sbom_has_each_installed_package_with_its_license_source_and_purl(
         "referenceLocator": "pkg:deb/testos/bash@5.2.37-2%2Bb5?arch=amd64&distro=testos-1.2"}]
     refs = {e["licenseId"]: e for e in doc["hasExtractedLicensingInfos"]}
     assert refs["LicenseRef-bash-Powell-BSD-style"]["extractedText"] == (
-        "Free as in free beer,\n.\nand speech.")
+        "Free as in free beer,\n\nand speech.")
     assert refs["LicenseRef-bash-GPL-3-plus-with-Bison-exception"]["extractedText"] == (
         "See /usr/share/doc/bash/copyright")
     # No DEP-5 file, no homepage that is a URL, no checksum known: nothing asserted.
