@@ -9,6 +9,7 @@ assumes the layout our own stages produce.
 Modules, one concern each:
 - cli: command line and the error boundary.
 - diff: two reports compared path by path (--diff).
+- pkgverify: installed files against dpkg's md5sums and lists (--packages-verify).
 - sbom: the installed packages as an SPDX document (--sbom spdx).
 - source: what the input is (directory, tarball, disk or file system image) and
   how it becomes something readable (a raw file, an extracted tree).

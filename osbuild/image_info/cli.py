@@ -1,6 +1,6 @@
 """The `image-info` command: a JSON report of an image, a tree or a tarball on stdout.
 
-    image-info IMAGE|DIR|TARBALL [--backend auto|loop|guestfs] [--debug]
+    image-info IMAGE|DIR|TARBALL [--packages-verify] [--backend auto|loop|guestfs] [--debug]
     image-info --diff A B [--json] [--backend ...]   (A, B: as above, or a report *.json)
     image-info --sbom spdx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from osbuild.errors import OsbuildError
-from osbuild.image_info import ImageInfoError, bootloader, source, tree
+from osbuild.image_info import ImageInfoError, bootloader, pkgverify, source, tree
 from osbuild.image_info import diff as report_diff
 from osbuild.image_info import sbom as sboms
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
@@ -40,6 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="print what differs between the reports of A and B (images, "
                         "trees, tarballs, or reports image-info wrote: *.json)")
     parser.add_argument("--json", action="store_true", help="with --diff: the changes as JSON")
+    parser.add_argument("--packages-verify", action="store_true",
+                        help="also check every installed file against dpkg's md5sums, "
+                        "conffiles against dpkg's status, and list files under /usr no "
+                        "package owns (reads every file: slower)")
     parser.add_argument("--sbom", choices=["spdx"],
                         help="print an SBOM of the installed packages instead (SPDX 2.3 JSON)")
     parser.add_argument("--build-metadata", metavar="OSBUILD_JSON", type=Path,
@@ -56,16 +60,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--json goes with --diff")
     if args.sbom and args.diff is not None:
         parser.error("--sbom takes one IMAGE|DIR|TARBALL, not --diff")
+    if args.packages_verify and (args.sbom or args.diff is not None):
+        parser.error("--packages-verify goes with one IMAGE|DIR|TARBALL's report")
     if args.build_metadata and not args.sbom:
         parser.error("--build-metadata goes with --sbom")
     return args
 
 
-def tree_report(view: Tree, sbom: bool = False) -> dict[str, Any]:
-    """The keys read from an OS tree, boot configuration included (and, for an SBOM, what
-    it says of each package, as "sbom-packages")."""
+def tree_report(view: Tree, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The keys read from an OS tree, boot configuration included; what `wants` asks
+    for besides: "packages-verify", "sbom" (what an SBOM says of each package)."""
     report = tree.report(view)
-    found = sboms.packages(view) if sbom else None
+    if "packages-verify" in wants:
+        report.update(pkgverify.report(view))
+    found = sboms.packages(view) if "sbom" in wants else None
     if found is not None:
         report["sbom-packages"] = found
     report.update(bootloader.grub_menu(view))
@@ -75,7 +83,8 @@ def tree_report(view: Tree, sbom: bool = False) -> dict[str, Any]:
 
 
 def image_report(path: Path, compression: list[str] | None, backend: str,
-                 stack: contextlib.ExitStack, sbom: bool = False) -> dict[str, Any]:
+                 stack: contextlib.ExitStack, wants: frozenset[str] = frozenset()
+                 ) -> dict[str, Any]:
     backend = choose(backend)  # before any work: a refusal comes first
     if compression is not None:
         raw = source.decompress_image(path, compression, source.scratch_dir(stack))
@@ -91,15 +100,15 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     if has_mountable(disk):
         view = mount_os(open_backend(backend, raw, stack), disk)
         if view is not None:
-            report.update(tree_report(view, sbom))
+            report.update(tree_report(view, wants))
     return report
 
 
-def inspect(target: Path, backend: str, sbom: bool = False) -> dict[str, Any]:
+def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The report of `target`, whatever it is; all scratch space is gone on return."""
     stack = contextlib.ExitStack()
     try:
-        return _inspect(target, backend, stack, sbom)
+        return _inspect(target, backend, stack, wants)
     finally:
         # An interrupt in the middle of an unmount or of removing the scratch
         # directory would leave half of it behind: it waits until cleanup is done.
@@ -108,17 +117,19 @@ def inspect(target: Path, backend: str, sbom: bool = False) -> dict[str, Any]:
 
 
 def _inspect(target: Path, backend: str, stack: contextlib.ExitStack,
-             sbom: bool) -> dict[str, Any]:
+             wants: frozenset[str]) -> dict[str, Any]:
     kind, command = source.classify(target)
     if kind == "directory":
-        return tree_report(Tree(target), sbom)
+        return tree_report(Tree(target), wants)
     if kind == "tarball":
         dest = source.scratch_dir(stack)
-        paths = (*tree.PATHS, *bootloader.PATHS, *(sboms.PATHS if sbom else ()))
+        # Only the parts the report reads; --packages-verify reads every installed file.
+        paths = None if "packages-verify" in wants else (
+            *tree.PATHS, *bootloader.PATHS, *(sboms.PATHS if "sbom" in wants else ()))
         labels = source.extract_tarball(target, command, dest, paths)
-        return tree_report(Tree(dest, labels=labels.get if labels else None), sbom)
+        return tree_report(Tree(dest, labels=labels.get if labels else None), wants)
     return image_report(target, command if kind == "compressed-image" else None, backend, stack,
-                        sbom)
+                        wants)
 
 
 def load_report(path: Path, backend: str) -> dict[str, Any]:
@@ -143,7 +154,7 @@ def sbom_document(args: argparse.Namespace) -> str:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ImageInfoError(f"{args.build_metadata}: not what osbuild --json printed: "
                                  f"{exc}") from None
-    report = inspect(args.target, args.backend, sbom=True)
+    report = inspect(args.target, args.backend, frozenset({"sbom"}))
     if "sbom-packages" not in report:
         raise ImageInfoError(f"{args.target}: no OS tree with a dpkg database to list")
     return sboms.spdx(report, report.pop("sbom-packages"), args.target.name, sums)
@@ -154,7 +165,9 @@ def output(args: argparse.Namespace) -> str:
     if args.sbom:
         return sbom_document(args)
     if args.diff is None:
-        return json.dumps(inspect(args.target, args.backend), indent=2, sort_keys=True) + "\n"
+        wants = frozenset({"packages-verify"} if args.packages_verify else ())
+        report = inspect(args.target, args.backend, wants)
+        return json.dumps(report, indent=2, sort_keys=True) + "\n"
     old, new = (load_report(path, args.backend) for path in args.diff)
     changes = report_diff.diff(old, new)
     if args.json:

@@ -92,3 +92,13 @@ def test_sbom_of_the_sample_is_valid_spdx_with_every_package_and_its_deb(
     assert "LGPL-2.1-or-later" in systemd["licenseDeclared"]
     assert systemd["externalRefs"][0]["referenceLocator"].startswith(
         f"pkg:deb/debian/systemd@{systemd['versionInfo']}?arch=amd64&distro=debian-13")
+
+
+def test_packages_verify_finds_the_samples_packages_intact(default_image: VMImage) -> None:
+    """No stage changes a file a package installed (conffiles aside), none is missing."""
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--packages-verify",
+                           str(default_image.path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["packages-verify"]
+    assert found["files-checked"] > 5000
+    assert (found["changed"], found["missing"]) == ([], [])

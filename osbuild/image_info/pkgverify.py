@@ -1,0 +1,172 @@
+"""image-info --packages-verify: installed files checked against what dpkg recorded.
+
+What debsums and `dpkg --verify` do, for a tree that is not the running
+system: every file of an installed package whose content differs from its
+md5sums entry (or that is missing, unless the tree's dpkg configuration
+filters it out: path-exclude, as for an image without docs), every conffile changed from the md5 in
+dpkg's status, and every file under /usr that no package, diversion or
+alternative accounts for (what someone put there by hand, or a maintainer
+script made). Files are named as dpkg names them; ownership goes through a
+merged /usr (a package's /bin/x is /usr/bin/x). Opt-in: it reads every
+installed file.
+"""
+
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+from osbuild.image_info.tree import DPKG_STATUS
+from osbuild.image_info.treeview import Tree
+
+INFO = "var/lib/dpkg/info"
+ALTERNATIVES = "var/lib/dpkg/alternatives"
+DIVERSIONS = "var/lib/dpkg/diversions"
+# Top-level directories that a merged /usr makes links into /usr.
+MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+def _filters(view: Tree) -> list[tuple[bool, str]]:
+    """dpkg's path-include/path-exclude options (included?, pattern), in dpkg's order."""
+    files = ["etc/dpkg/dpkg.cfg"]
+    files += [f"etc/dpkg/dpkg.cfg.d/{n}" for n in sorted(view.listdir("etc/dpkg/dpkg.cfg.d"))]
+    rules = []
+    for path in files:
+        for line in (view.read_text(path) or "").splitlines():
+            key, _, value = line.strip().partition("=")
+            if key in ("path-include", "path-exclude") and value:
+                rules.append((key == "path-include", value.strip()))
+    return rules
+
+
+def _filtered_out(path: str, rules: list[tuple[bool, str]]) -> bool:
+    """Whether dpkg leaves `path` out: the last rule that matches it decides."""
+    excluded = False
+    for included, pattern in rules:
+        if fnmatch.fnmatchcase(path, pattern):
+            excluded = not included
+    return excluded
+
+
+def _md5(view: Tree, path: str) -> str | None:
+    """The md5 of a regular file in the tree (not followed if a symlink), None if absent."""
+    host = view.lresolve(path)
+    if host is None:
+        return None
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _installed(status: str) -> Iterator[tuple[str, str, list[tuple[str, str]]]]:
+    """(name, architecture, [(conffile, md5)]) of each installed package."""
+    for block in status.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and key is not None:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
+            continue
+        conffiles = []
+        for line in fields.get("Conffiles", "").splitlines():
+            words = line.split()
+            if len(words) >= 2 and "obsolete" not in words[2:]:
+                conffiles.append((words[0], words[1]))
+        yield fields["Package"], fields.get("Architecture", ""), conffiles
+
+
+def _info(view: Tree, name: str, arch: str, kind: str) -> str:
+    """A package's info file (`name:arch.kind` for Multi-Arch: same ones)."""
+    text = view.read_text(f"{INFO}/{name}:{arch}.{kind}")
+    return text if text is not None else view.read_text(f"{INFO}/{name}.{kind}") or ""
+
+
+def _canonical(view: Tree, path: str) -> str:
+    """`path` as the tree's system names it: through a merged /usr's top-level links."""
+    top, _, rest = path.lstrip("/").partition("/")
+    if top in MERGED and view.readlink(top) in (f"usr/{top}", f"/usr/{top}"):
+        return f"/usr/{top}/{rest}".rstrip("/")
+    return "/" + path.lstrip("/")
+
+
+def _diversions(view: Tree) -> dict[str, tuple[str, str]]:
+    """diverted path -> (where it went, the diverting package)."""
+    lines = (view.read_text(DIVERSIONS) or "").splitlines()
+    return {lines[i]: (lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)}
+
+
+def _alternative_links(view: Tree) -> set[str]:
+    links = set()
+    for name in view.listdir(ALTERNATIVES):
+        lines = (view.read_text(f"{ALTERNATIVES}/{name}") or "").splitlines()
+        if len(lines) > 1:
+            links.add(lines[1])  # the master link, then (name, link) of each slave
+        for i in range(3, len(lines), 2):
+            if not lines[i] or not lines[i - 1]:
+                break
+            links.add(lines[i])
+    return links
+
+
+def report(view: Tree) -> dict[str, Any]:
+    """The "packages-verify" key, or {} for a tree without dpkg."""
+    status = view.read_text(DPKG_STATUS)
+    if status is None:
+        return {}
+    diversions = _diversions(view)
+    owned = {_canonical(view, to) for to, _ in diversions.values()}
+    owned |= {_canonical(view, link) for link in _alternative_links(view)}
+    rules = _filters(view)
+    changed, missing, conffiles, checked, filtered = [], [], [], 0, 0
+    for name, arch, confs in _installed(status):
+        package = f"{name}:{arch}"
+        for line in _info(view, name, arch, "list").splitlines():
+            owned.add(_canonical(view, line))
+        for line in _info(view, name, arch, "md5sums").splitlines():
+            md5, _, path = line.partition("  ")
+            path = "/" + path.strip()
+            to, diverter = diversions.get(path, (path, name))
+            actual = _md5(view, to if diverter != name else path)
+            checked += 1
+            if actual is None and _filtered_out(path, rules):
+                filtered += 1
+            elif actual is None:
+                missing.append({"package": package, "path": path})
+            elif actual != md5:
+                changed.append({"package": package, "path": path})
+        for path, md5 in confs:
+            if md5 == "newconffile":
+                continue
+            actual = _md5(view, path)
+            if actual is not None and actual != md5:
+                conffiles.append({"package": package, "path": path})
+    return {"packages-verify": {
+        "files-checked": checked, "files-filtered-out": filtered,
+        "changed": changed, "missing": missing,
+        "conffiles-changed": conffiles, "unowned-in-usr": _unowned(view, owned)}}
+
+
+def _unowned(view: Tree, owned: set[str]) -> list[str]:
+    """Files and links under /usr that no package's list names (directories are not counted)."""
+    usr = view.resolve("usr")
+    if usr is None:
+        return []
+    found = []
+    for top, dirs, files in os.walk(usr):  # never follows links: stays in the tree
+        rel = "/usr" + top[len(str(usr)):]
+        for entry in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = f"{rel}/{entry}"
+            if path not in owned:
+                found.append(path)
+    return sorted(found)

@@ -1,0 +1,106 @@
+"""image-info --packages-verify: a tree's installed files against dpkg's records,
+cross-checked with the host's `dpkg --root --verify` on the same tree."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def write(root: Path, path: str, text: str) -> None:
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+
+
+STANZA = """Package: {name}
+Status: install ok installed
+Priority: optional
+Maintainer: Tester <t@example.org>
+Architecture: {arch}
+Version: 1.0-1
+Description: a package for the test
+"""
+
+
+def make_tree(root: Path) -> None:
+    """A merged-/usr tree with two packages, then changed the way images get changed."""
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")
+    setting, readme = md5("setting=1\n"), md5("read me\n")
+    status = STANZA.format(name="tool", arch="amd64") + (
+        f"Conffiles:\n /etc/tool.conf {setting}\n /etc/old.conf 0123 obsolete\n\n")
+    status += STANZA.format(name="docs", arch="all") + "\n"
+    write(root, "var/lib/dpkg/status", status)
+    files = {"bin/tool": "#!/bin/sh\n", "usr/share/tool/data": "data\n",
+             "usr/bin/tool-helper": "helper\n"}
+    write(root, "var/lib/dpkg/info/tool.md5sums",
+          "".join(f"{md5(t)}  {p}\n" for p, t in files.items()))
+    # An old package lists its files under /bin, which a merged /usr puts in /usr/bin.
+    write(root, "var/lib/dpkg/info/tool.list",
+          "/.\n/bin\n/bin/tool\n/usr/bin/tool-helper\n/usr/share/tool\n/usr/share/tool/data\n"
+          "/etc/tool.conf\n")
+    write(root, "var/lib/dpkg/info/docs.md5sums", f"{readme}  usr/share/doc/docs/README\n")
+    write(root, "var/lib/dpkg/info/docs.list", "/.\n/usr/share/doc/docs/README\n")
+    for path, text in files.items():
+        write(root, path, text)
+    write(root, "etc/tool.conf", "setting=1\n")
+    # docs diverts tool-helper away; an alternative links /usr/bin/editor.
+    write(root, "var/lib/dpkg/diversions", "/usr/bin/tool-helper\n"
+          "/usr/bin/tool-helper.distrib\ndocs\n")
+    os.rename(root / "usr/bin/tool-helper", root / "usr/bin/tool-helper.distrib")
+    write(root, "usr/bin/tool-helper", "docs' helper\n")
+    write(root, "var/lib/dpkg/alternatives/editor",
+          "auto\n/usr/bin/editor\neditor.1.gz\n/usr/share/man/man1/editor.1.gz\n\n"
+          "/usr/bin/tool\n50\n/usr/share/man/man1/tool.1.gz\n\n")
+    (root / "usr/bin/editor").symlink_to("/etc/alternatives/editor")
+    write(root, "etc/dpkg/dpkg.cfg.d/excludes", "path-exclude=/usr/share/doc/*\n")
+    # What happened to the image since: one file edited, one removed, a conffile
+    # changed, a stray file and link under /usr.
+    write(root, "usr/bin/tool", "#!/bin/sh\necho changed\n")
+    (root / "usr/share/tool/data").unlink()
+    write(root, "etc/tool.conf", "setting=2\n")
+    write(root, "usr/local/bin/stray", "by hand\n")
+    (root / "usr/bin/stray-link").symlink_to("tool")
+
+
+def test_packages_verify_agrees_with_dpkg_verify(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--packages-verify",
+                           str(tree)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["packages-verify"]
+    assert found == {
+        "files-checked": 4, "files-filtered-out": 1,
+        "changed": [{"package": "tool:amd64", "path": "/bin/tool"}],
+        "missing": [{"package": "tool:amd64", "path": "/usr/share/tool/data"}],
+        "conffiles-changed": [{"package": "tool:amd64", "path": "/etc/tool.conf"}],
+        "unowned-in-usr": ["/usr/bin/stray-link", "/usr/local/bin/stray"]}
+    # dpkg's own verdict on the same tree (it does not apply the tree's path filters).
+    dpkg = subprocess.run(["dpkg", f"--root={tree}", "--verify"], capture_output=True,
+                          text=True)
+    verdicts = {line.split()[-1]: line.split()[0] for line in dpkg.stdout.splitlines()}
+    assert verdicts == {"/bin/tool": "??5??????", "/etc/tool.conf": "??5??????",
+                        "/usr/share/tool/data": "missing",
+                        "/usr/share/doc/docs/README": "missing"}, dpkg.stdout
+
+
+def test_packages_verify_is_opt_in_and_needs_a_report(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    plain = subprocess.run([sys.executable, "-m", "osbuild.image_info", str(tree)],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert "packages-verify" not in json.loads(plain.stdout)
+    both = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--packages-verify",
+                           "--sbom", "spdx", str(tree)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert both.returncode == 2 and "--packages-verify goes with" in both.stderr
