@@ -4,7 +4,8 @@
 Each measured once, one tool at a time: a cold build (empty store), a fully
 cached rebuild, a rebuild after changing only the hostname, image-info on the
 built image beside libguestfs's virt-inspector, and bench/baseline.sh doing
-just the necessary work by hand. With --foreign, samples of other
+just the necessary work by hand; then the built image's boot metrics
+(osbuild-boot-test --json, logged in on the console). With --foreign, samples of other
 architectures are built cold too, each in an empty store, and compared with
 the default sample's cold build (the goal: at most 3x).
 """
@@ -73,6 +74,9 @@ def main() -> int:
         if shutil.which("virt-inspector"):
             results["virt-inspector (libguestfs)"] = timed(
                 ["virt-inspector", "-a", str(image)], GUESTFS_ENV)
+        boot = subprocess.run([sys.executable, "-m", "verify.cli", str(image), "--login",
+                               "root:debian", "--json"], capture_output=True, text=True)
+        metrics = json.loads(boot.stdout) if boot.stdout.strip() else {"reason": boot.stderr}
         if not args.skip_baseline:
             (work / "baseline").mkdir()
             results["baseline script"] = timed(
@@ -90,6 +94,11 @@ def main() -> int:
     for name, seconds in results.items():
         ratio = f"{seconds / baseline:.2f}x" if baseline else "-"
         print(f"{name:40} {seconds:8.1f} {ratio:>12}")
+    print(f"\nboot of the default sample ({metrics.get('accelerator', '?')}): "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in metrics.get("seconds", {}).items())
+          + f"; {metrics.get('system-state') or metrics.get('reason')}")
+    for unit in metrics.get("blame", [])[:5]:
+        print(f"  {unit['seconds']:7.2f} s  {unit['unit']}")
     for name, seconds in foreign.items():
         print(f"{name:40} {seconds:8.1f} {seconds / results['cold build']:>11.2f}x"
               " the default sample's cold build")

@@ -2,3 +2,4 @@
 
 # treediff: two trees as upstream's diff.json; compare: a document against a
 # golden in which null means "don't care" (both used by test/cases).
+# metrics: what osbuild-boot-test --json reports of a boot (milestones, systemd's view).

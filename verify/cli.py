@@ -2,15 +2,17 @@
 
     osbuild-boot-test IMAGE [--timeout S] [--expect-hostname H] [--ssh-key K] [--uefi]
                             [--login USER:PASSWORD] [--run CMD]... [--http PORT[/PATH]]
-                            [--arch x86_64|aarch64|riscv64]
+                            [--arch x86_64|aarch64|riscv64] [--json]
 
 Exit 0 when the image boots to the org.osbuild.test marker or a login prompt
 (and passes the checks asked for), 1 with the reason, where the artifacts are
 and the serial console's tail otherwise, 2 on bad usage. The image is never
-changed (qemu -snapshot) and qemu is always stopped, also on Ctrl-C.
+changed (qemu -snapshot) and qemu is always stopped, also on Ctrl-C. With
+--json, stdout gets the boot's metrics (verify.metrics), for a failed boot too.
 """
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from . import metrics
 from .arches import Arch, accelerator, lookup, names
 from .console import ConsoleError
 from .qemu import BOOT_SECONDS, VM, VMError, console_tail, default_artifacts
@@ -57,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the guest's architecture: x86_64 (default), aarch64 or riscv64 "
                         "(or amd64, arm64); foreign ones run under TCG")
     p.add_argument("--memory", type=int, default=1024, metavar="MIB")
+    p.add_argument("--json", action="store_true",
+                   help="print the boot's metrics as JSON on stdout: seconds to the boot "
+                        "loader, the kernel, the login prompt and (logged in) a running "
+                        "system, failed units, systemd-analyze's blame")
     p.add_argument("--artifacts", type=Path, metavar="DIR",
                    help="where failed boots leave logs and a screendump "
                         "(default: $OSBUILD_BOOT_ARTIFACTS, else $TMPDIR/osbuild-boot-artifacts)")
@@ -75,8 +82,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def check(vm: VM, args: argparse.Namespace, hostname: str | None) -> str | None:
-    """The checks asked for on the command line; the first failure, or None."""
+def login(vm: VM, args: argparse.Namespace, hostname: str | None
+          ) -> tuple[Callable[[str], str] | None, str | None]:
+    """A shell in the guest (over SSH or the console, as asked) and the hostname."""
     runner: Callable[[str], str] | None = None
     if args.ssh_key:
         ssh = vm.ssh(args.ssh_key)
@@ -101,11 +109,18 @@ def check(vm: VM, args: argparse.Namespace, hostname: str | None) -> str | None:
         runner = via_console
         if hostname is None:
             hostname = runner("hostname")
+    return runner, hostname
+
+
+def check(runner: Callable[[str], str] | None, vm: VM, args: argparse.Namespace,
+          hostname: str | None) -> str | None:
+    """The checks asked for on the command line; the first failure, or None."""
     if args.expect_hostname and hostname != args.expect_hostname:
         return f"hostname is {hostname!r}, expected {args.expect_hostname!r}"
     for cmd in args.run:
         assert runner is not None  # parse_args made sure
-        print(f"$ {cmd}\n{runner(cmd)}")
+        # With --json, stdout is the metrics' alone.
+        print(f"$ {cmd}\n{runner(cmd)}", file=sys.stderr if args.json else sys.stdout)
     for http in args.http:
         port, _, path = http.partition("/")
         status, body = vm.http_get(int(port), "/" + path)
@@ -135,14 +150,25 @@ def main(argv: list[str] | None = None) -> int:
             if not result.success:
                 print(f"{PROG}: FAILED after {result.seconds:.0f}s: {result.report()}",
                       file=sys.stderr)
+                if args.json:
+                    print(json.dumps(metrics.collect(vm, result, None), indent=2))
                 return 1
             print(f"{PROG}: booted in {result.seconds:.0f}s: {result.reason}"
                   + (f" (hostname {result.hostname})" if result.hostname else ""),
                   file=sys.stderr)
+            found: dict | None = None
             try:
-                failed = check(vm, args, result.hostname)
+                runner, hostname = login(vm, args, result.hostname)
+                failed = check(runner, vm, args, hostname)
+                if args.json:
+                    found = {**metrics.collect(vm, result, runner), "hostname": hostname}
             except (SSHError, ConsoleError, VMError) as e:
                 failed = str(e)
+            if args.json:
+                found = found or metrics.collect(vm, result, None)
+                if failed:
+                    found.update(success=False, reason=failed)
+                print(json.dumps(found, indent=2))
             if failed:
                 where = vm.save_artifacts(failed)
                 print(f"{PROG}: FAILED: {failed}\nartifacts: {where}\n"

@@ -53,6 +53,12 @@ WORKDIR_PREFIX = "osbuild-vm-"  # then the owner's pid: stale ones can be found
 # `systemctl is-system-running` states of a system that came up (degraded: some unit failed).
 UP_STATES = ("running", "degraded")
 HANDOFF = "Booting from 0000:7c00"  # SeaBIOS jumps to the MBR's boot code
+# A boot's milestones on the serial console, the first sign of each (see verify.metrics).
+MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("boot-loader", re.compile(r"GNU GRUB|Welcome to GRUB|Loading Linux|grub> |U-Boot \d")),
+    ("kernel", re.compile(r"Linux version \d|Booting Linux on physical CPU|EFI stub: ")),
+    ("login", LOGIN),
+)
 
 # Signs on the consoles that a boot has failed for good: waiting on is pointless.
 FAILURES: list[tuple[re.Pattern[str], str]] = [
@@ -120,6 +126,9 @@ class BootResult:
     marker: list[str] = field(default_factory=list)
     accel: str = ""
     artifacts: Path | None = None
+    # Seconds from qemu's start to each milestone seen so far (MILESTONES, and the
+    # firmware's handoff to the boot code where SeaBIOS says so).
+    milestones: dict[str, float] = field(default_factory=dict)
 
     def tail(self, lines: int = 30) -> str:
         """The last lines of the serial console."""
@@ -249,6 +258,7 @@ class VM:
         self._console: SerialConsole | None = None
         self._stack = ExitStack()
         self.started = 0.0
+        self.milestones: dict[str, float] = {}
 
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "VM":
@@ -474,6 +484,12 @@ class VM:
                     return f"{what}: {match.group(0).strip()[:200]}"
         return None
 
+    def _note_milestones(self, serial: str, elapsed: float) -> None:
+        text = plain(serial)
+        for name, pattern in MILESTONES:
+            if name not in self.milestones and pattern.search(text):
+                self.milestones[name] = round(elapsed, 1)
+
     def wait_boot(self, timeout: float | None = None, until: str = "any",
                   login: re.Pattern[str] = LOGIN, silence: float | None = None) -> BootResult:
         """Wait for the boot marker or a login prompt (`until`: any, marker or login).
@@ -498,8 +514,14 @@ class VM:
             serial = self.serial_log()
             lines = self.marker()
             prompt = login.search(serial)
+            if handoff is None:
+                handoff = self.handoff()
+                if handoff is not None and not self.uefi:
+                    self.milestones["firmware-handoff"] = round(handoff - self.started, 1)
+            self._note_milestones(serial, elapsed)
             result = BootResult(False, "", prompt.group("host") if prompt else None, elapsed,
-                                serial, lines[0] if lines else None, lines, self.accel.name)
+                                serial, lines[0] if lines else None, lines, self.accel.name,
+                                milestones=dict(self.milestones))
             if lines and until in ("any", "marker"):
                 failed = ", ".join(line.split()[1] for line in lines[1:]
                                    if line.startswith("failed: ") and len(line.split()) > 1)
@@ -514,8 +536,6 @@ class VM:
                 result.success, result.reason = True, "reached the login prompt"
                 return result
             reason = self.failure(serial)
-            if handoff is None:
-                handoff = self.handoff()
             if reason is None and handoff is not None and not serial.strip() \
                     and now - handoff > silence:
                 reason = (f"nothing on the serial console {silence:.0f}s after the firmware "

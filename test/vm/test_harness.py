@@ -386,3 +386,44 @@ def test_foreign_firmware_boots_and_gives_up_on_a_blank_disk(tmp_path: Path, arc
     assert banner in result.log, "the firmware writes to qemu's first serial port"
     assert result.accel == "tcg"
     assert image.read_bytes() == bytes(4 * 1024 * 1024)
+
+
+def test_cli_json_has_the_milestones_of_good_and_failed_boots(tmp_path: Path) -> None:
+    """--json: the seconds at which each milestone first showed, in boot order."""
+    import json
+
+    good = disk(tmp_path / "good.img", "GNU GRUB  version 2.12\r\nLoading Linux 6.12 ...\r\n"
+                "[    0.000000] Linux version 6.12.41-amd64\r\nmetrics-host login: ")
+    cmd = [sys.executable, "-m", "verify.cli", "--timeout", "60", "--json",
+           "--artifacts", str(tmp_path / "artifacts")]
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    found = json.loads(ok.stdout)
+    assert (found["success"], found["hostname"], found["arch"]) == (True, "metrics-host",
+                                                                   "x86_64")
+    assert found["accelerator"] in ("kvm", "tcg")
+    times = found["seconds"]
+    assert list(times) == ["firmware-handoff", "boot-loader", "kernel", "login"]
+    assert 0 < times["firmware-handoff"] <= times["boot-loader"] <= times["kernel"] \
+        <= times["login"]
+    assert "blame" not in found, "nothing from inside without a login"
+    panic = disk(tmp_path / "panic.img", "Loading Linux 6.12 ...\r\nKernel panic - not syncing: x")
+    failed = subprocess.run([*cmd, str(panic)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    found = json.loads(failed.stdout)
+    assert found["success"] is False and found["reason"].startswith("the kernel panicked")
+    assert "boot-loader" in found["seconds"] and "login" not in found["seconds"]
+
+
+def test_systemd_durations_and_blame_lines() -> None:
+    from verify import metrics
+
+    assert metrics.seconds("1min 2.5s") == 62.5
+    assert metrics.seconds("830ms") == 0.83
+    assert metrics.seconds("1h 2min") == 3720.0
+    assert metrics.seconds("soon") is None
+    text = ("1min 2.003s apt-daily.service\n  830ms systemd-udev-trigger.service\n"
+            "\n  120us tmp.mount\n")
+    assert metrics.blame(text) == [{"unit": "apt-daily.service", "seconds": 62.003},
+                                   {"unit": "systemd-udev-trigger.service", "seconds": 0.83},
+                                   {"unit": "tmp.mount", "seconds": 0.0}]

@@ -102,3 +102,23 @@ def test_packages_verify_finds_the_samples_packages_intact(default_image: VMImag
     found = json.loads(proc.stdout)["packages-verify"]
     assert found["files-checked"] > 5000
     assert (found["changed"], found["missing"]) == ([], [])
+
+
+def test_boot_metrics_of_the_sample(default_image: VMImage) -> None:
+    """osbuild-boot-test --json, logged in on the console: every milestone in boot order,
+    the system's state, its failed units and systemd-analyze's slowest units."""
+    proc = subprocess.run([sys.executable, "-m", "verify.cli", str(default_image.path),
+                           "--login", "root:debian", "--json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout)
+    times = found["seconds"]
+    order = ["firmware-handoff", "boot-loader", "kernel", "login", "system-running"]
+    assert list(times) == order, times
+    assert [times[k] for k in order] == sorted(times[k] for k in order)
+    assert found["hostname"] == default_image.hostname
+    assert found["system-state"] in ("running", "degraded")
+    assert (found["system-state"] == "degraded") == bool(found["failed-units"])
+    assert found["startup"].startswith("Startup finished in ")
+    assert 1 <= len(found["blame"]) <= 10
+    assert all(b["unit"] and b["seconds"] >= 0 for b in found["blame"])
