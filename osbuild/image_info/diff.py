@@ -9,7 +9,7 @@ every later index; a list whose items only changed order is one "changed" entry.
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Fields that name a report list's dict items, tried in order: the first that
@@ -27,18 +27,23 @@ def diff(old: Any, new: Any) -> list[Change]:
 
 def _diff(old: Any, new: Any, path: str) -> Iterator[Change]:
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(old.keys() | new.keys()):
-            sub = f"{path}.{key}" if path else key
-            if key not in new:
-                yield {"path": sub, "change": "removed", "old": old[key]}
-            elif key not in old:
-                yield {"path": sub, "change": "added", "new": new[key]}
-            else:
-                yield from _diff(old[key], new[key], sub)
+        yield from _keyed(old, new, lambda key: f"{path}.{key}" if path else key)
     elif isinstance(old, list) and isinstance(new, list):
         yield from _diff_lists(old, new, path)
     elif old != new or type(old) is not type(new):
         yield {"path": path, "change": "changed", "old": old, "new": new}
+
+
+def _keyed(old: dict[str, Any], new: dict[str, Any], name: Callable[[str], str]
+           ) -> Iterator[Change]:
+    """Two mappings compared key by key; `name` makes a key's report path."""
+    for key in sorted(old.keys() | new.keys()):
+        if key not in new:
+            yield {"path": name(key), "change": "removed", "old": old[key]}
+        elif key not in old:
+            yield {"path": name(key), "change": "added", "new": new[key]}
+        else:
+            yield from _diff(old[key], new[key], name(key))
 
 
 def _identity(old: list[Any], new: list[Any]) -> tuple[str, ...] | None:
@@ -75,15 +80,8 @@ def _diff_lists(old: list[Any], new: list[Any], path: str) -> Iterator[Change]:
     if fields is not None:
         def key(item: dict[str, Any]) -> str:
             return ":".join(_label(item[f]) for f in fields)
-        before, after = {key(i): i for i in old}, {key(i): i for i in new}
-        for k in sorted(before.keys() | after.keys()):
-            sub = f"{path}[{k}]"
-            if k not in after:
-                yield {"path": sub, "change": "removed", "old": before[k]}
-            elif k not in before:
-                yield {"path": sub, "change": "added", "new": after[k]}
-            else:
-                yield from _diff(before[k], after[k], sub)
+        yield from _keyed({key(i): i for i in old}, {key(i): i for i in new},
+                          lambda k: f"{path}[{k}]")
         return
     if any(isinstance(i, dict) for i in old + new):
         # Dicts without a name of their own: compared place by place.

@@ -1,19 +1,15 @@
 """image-info --diff: two reports compared path by path, lists matched by their items."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from imagemaker import mk
+
 from osbuild.image_info.diff import diff, render
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "make_image", ROOT / "test/data/image_info/make_image.py")
-assert _spec and _spec.loader
-mk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mk)
 
 REPORT = {
     "hostname": "one",

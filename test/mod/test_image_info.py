@@ -6,7 +6,6 @@ run is followed by a check that it left no scratch file, loop device or mount.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -19,16 +18,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from imagemaker import mk
 
 from osbuild.image_info.treeview import Tree
 from osbuild.image_info.vercmp import evrcmp, rpmvercmp
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "make_image", ROOT / "test/data/image_info/make_image.py")
-assert _spec and _spec.loader
-mk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mk)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the loop backend needs root")
 needs_guestfs = pytest.mark.skipif(

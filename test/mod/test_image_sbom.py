@@ -1,6 +1,5 @@
 """image-info --sbom spdx: the installed packages as an SPDX 2.3 document."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,13 +9,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from imagemaker import mk
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "make_image", ROOT / "test/data/image_info/make_image.py")
-assert _spec and _spec.loader
-mk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mk)
 SCHEMA = json.loads((ROOT / "test/data/spdx/spdx-2.3-schema.json").read_text())
 
 STATUS = """Package: bash
