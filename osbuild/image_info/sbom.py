@@ -16,12 +16,11 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 from osbuild.image_info import ImageInfoError
-from osbuild.image_info.tree import DPKG_STATUS
+from osbuild.image_info.tree import DPKG_STATUS, deb822
 from osbuild.image_info.treeview import Tree
 
 PATHS = ("usr/share/doc",)  # where copyright files are (a tarball's part to extract)
@@ -35,22 +34,6 @@ GNU = re.compile(r"^(GPL|LGPL|AGPL|GFDL)-(\d+)(\.\d+)?(\+)?$", re.I)
 NOT_IN_ID = re.compile(r"[^A-Za-z0-9.-]+")
 
 
-def _stanzas(text: str) -> Iterator[dict[str, str]]:
-    """deb822 paragraphs: field -> value (continuation lines joined with newlines)."""
-    for block in re.split(r"\n[ \t]*\n", text):
-        fields: dict[str, str] = {}
-        key = None
-        for line in block.splitlines():
-            if line[:1] in (" ", "\t") and key is not None:
-                text = line.strip()
-                fields[key] += "\n" + ("" if text == "." else text)  # " ." is an empty line
-            elif ":" in line and not line.startswith("#"):
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        if fields:
-            yield fields
-
-
 def packages(view: Tree) -> list[dict[str, Any]] | None:
     """What the SBOM says of each installed dpkg package, read from the tree (None: the
     tree has no dpkg database)."""
@@ -58,7 +41,7 @@ def packages(view: Tree) -> list[dict[str, Any]] | None:
     if status is None:
         return None
     found = []
-    for fields in _stanzas(status):
+    for fields in deb822(status):
         if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
             continue
         name = fields["Package"]
@@ -81,15 +64,15 @@ def dep5_licenses(text: str) -> dict[str, Any] | None:
         return None
     declared: list[str] = []
     texts: dict[str, str] = {}
-    for fields in _stanzas(text):
+    for fields in deb822(text):
         if "License" not in fields:
             continue
         first, _, body = fields["License"].partition("\n")
         if "Files" in fields:
             if first and first not in declared:
                 declared.append(first)
-        elif body:
-            texts[first] = body
+        elif body:  # " ." stands for an empty line
+            texts[first] = "\n".join("" if line == "." else line for line in body.split("\n"))
     return {"declared": declared, "texts": texts}
 
 

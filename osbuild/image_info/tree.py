@@ -439,7 +439,9 @@ def chrony(tree: Tree) -> dict[str, Any]:
     return {"chrony": directives}
 
 
-def _deb822(text: str) -> list[dict[str, str]]:
+def deb822(text: str) -> list[dict[str, str]]:
+    """deb822 paragraphs (apt sources, dpkg's status, DEP-5): field -> value, continuation
+    lines joined with newlines, as they are."""
     stanzas = []
     for block in re.split(r"\n\s*\n", text):
         fields: dict[str, str] = {}
@@ -467,7 +469,7 @@ def apt_sources(tree: Tree) -> dict[str, Any]:
         if text is None:
             continue
         if path.endswith(".sources"):
-            files["/" + path] = _deb822(text)
+            files["/" + path] = deb822(text)
         elif path.endswith(".list"):
             files["/" + path] = _content_lines(text)
     return {"apt-sources": files} if files else {}
