@@ -57,11 +57,11 @@ GOLDENS = ROOT / "test/vm/goldens"
 
 # What the cell's template decides, and what a change of a stage or of image-info
 # would move: the layout, boot chain, architecture, identity, users and services.
-STABLE_KEYS = ("architecture", "boot-environment", "bootloader", "default-target", "esp",
-               "fstab", "grub-menu", "groups", "hostname", "image-format", "locale",
-               "machine-id", "os-release", "packages", "partition-table",
-               "partition-table-id", "partitions", "passwd", "services-disabled",
-               "services-enabled", "timezone")
+STABLE_KEYS = ("architecture", "boot-environment", "bootloader", "default-target",
+               "discoverable-partitions", "esp", "fstab", "grub-menu", "groups", "hostname",
+               "image-format", "locale", "machine-id", "os-release", "packages",
+               "partition-table", "partition-table-id", "partitions", "passwd",
+               "services-disabled", "services-enabled", "timezone")
 OS_RELEASE_KEYS = ("ID", "VERSION_ID", "VERSION_CODENAME")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

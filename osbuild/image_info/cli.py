@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from osbuild.errors import OsbuildError
-from osbuild.image_info import ImageInfoError, bootloader, pkgverify, source, tree
+from osbuild.image_info import ImageInfoError, bootloader, discoverable, pkgverify, source, tree
 from osbuild.image_info import diff as report_diff
 from osbuild.image_info import sbom as sboms
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
@@ -97,10 +97,10 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     boot = {**bootloader.bios(raw, disk), **bootloader.esp(raw, disk)}
     report["bootloader"] = bootloader.bootloader_name(disk, boot)
     report.update(boot)
-    if has_mountable(disk):
-        view = mount_os(open_backend(backend, raw, stack), disk)
-        if view is not None:
-            report.update(tree_report(view, wants))
+    view = mount_os(open_backend(backend, raw, stack), disk) if has_mountable(disk) else None
+    if view is not None:
+        report.update(tree_report(view, wants))
+    report.update(discoverable.report(disk, report, view))
     return report
 
 

@@ -67,6 +67,7 @@ class Partition:
     bootable: bool
     name: str | None
     fs: Filesystem
+    attrs: str = ""  # GPT attributes as sfdisk prints them ("RequiredPartition GUID:60,63")
 
     def report(self) -> dict[str, Any]:
         return {
@@ -189,6 +190,7 @@ def layout(image: Path, name: Path | None = None) -> Layout:
                 or "LegacyBIOSBootable" in entry.get("attrs", ""),
                 name=entry.get("name"),
                 fs=fs,
+                attrs=entry.get("attrs", ""),
             )
         )
     return Layout(size=size, pttype=label, ptid=ptid, partitions=parts)

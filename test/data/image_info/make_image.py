@@ -307,6 +307,53 @@ def uefi_image(out: Path, work: Path) -> dict:
     return {"efi_sha256": efi_sha, "stub_sha256": hashlib.sha256(stub.read_bytes()).hexdigest()}
 
 
+# The Discoverable Partitions test disk: (type, name, GPT attribute bits, partition UUID).
+VAR_PARTUUID = "c0c46eff-e386-4746-a2bd-0962cd326ea2"  # the tree's machine-id's /var
+DISCOVERABLE = (
+    ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "esp", "", None),
+    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root", "", ROOT_PARTUUID),
+    ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "home", "", None),
+    ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "home2", "", None),
+    ("4D21B016-B534-45C2-A9FB-5C16E091FD2D", "var", "", VAR_PARTUUID),
+    ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "swap", "GUID:63", None),
+    ("3B8F8425-20E0-4F3B-907F-1A25A76F98E8", "srv", "GUID:60", None),
+    ("7EC6F557-3BC5-4ACA-B293-16EF5DF639D1", "tmp", "", None),
+    ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "data", "", None),
+    ("21686148-6449-6E6F-744E-656564454649", "bios", "", None),
+    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "arm64", "", None),
+)
+
+
+def discoverable_image(out: Path, work: Path) -> None:
+    """GPT with one partition of each discoverable kind (1 MiB each, only / has a file
+    system: ext4, 32 MiB), for the systemd-gpt-auto-generator verdicts."""
+    tree = work / "tree"
+    populate_tree(tree)
+    write(tree, "etc/fstab", f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+          "PARTLABEL=srv /srv ext4 defaults 0 2\n")
+    write(tree, "usr/lib/systemd/system-generators/systemd-gpt-auto-generator", "", 0o755)
+    write(tree, "var/tmp/left-behind", "x\n")
+    write(tree, "var/lib/dpkg/arch", "amd64\n")
+    lines, start = [f"label: gpt\nlabel-id: {GPT_ID}"], MIB
+    for kind, name, attrs, partuuid in DISCOVERABLE:
+        size = 32 * MIB if name == "root" else MIB
+        line = f"start={start // SECTOR}, size={size // SECTOR}, type={kind}, name={name}"
+        line += f", attrs=\"{attrs}\"" if attrs else ""
+        lines.append(line + (f", uuid={partuuid}" if partuuid else ""))
+        if name == "root":
+            root_start = start
+        start += size
+    out.unlink(missing_ok=True)
+    with open(out, "wb") as f:
+        f.truncate(start + MIB)
+    run("sfdisk", "-q", str(out), stdin="\n".join(lines) + "\n")
+    fs = work / "root.ext4"
+    run("mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, "-L", "root", "-d", str(tree), str(fs),
+        f"{32 * 1024}k")
+    place(out, fs, root_start)
+    fs.unlink()
+
+
 def main() -> int:
     kind, out = sys.argv[1], Path(sys.argv[2])
     with tempfile.TemporaryDirectory() as work:
