@@ -53,6 +53,11 @@ WORKDIR_PREFIX = "osbuild-vm-"  # then the owner's pid: stale ones can be found
 # `systemctl is-system-running` states of a system that came up (degraded: some unit failed).
 UP_STATES = ("running", "degraded")
 HANDOFF = "Booting from 0000:7c00"  # SeaBIOS jumps to the MBR's boot code
+# The VGA text screen (mode 3: 80x25, a character and an attribute byte per cell), where
+# SeaBIOS and a GRUB without a serial terminal write.
+VGA_TEXT = 0xB8000
+VGA_COLUMNS, VGA_ROWS = 80, 25
+SCREEN_EVERY = 2.0  # seconds between two reads of the screen while the serial console is silent
 # A boot's milestones on the serial console, the first sign of each (see verify.metrics).
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("boot-loader", re.compile(r"GNU GRUB|Welcome to GRUB|Loading Linux|grub> |U-Boot \d")),
@@ -68,11 +73,24 @@ FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Shell> ", re.MULTILINE), "UEFI fell back to its shell"),
     # U-Boot's prompt once its boot command has tried every device (riscv64).
     (re.compile(r"^=> ", re.MULTILINE), "U-Boot found nothing to boot"),
-    (re.compile(r"grub rescue> "), "GRUB could not find its modules or config"),
-    (re.compile(r"error: you need to load the kernel first"), "GRUB could not load the kernel"),
+    # (The screen's rows lose their trailing blanks: no space after a prompt there.)
+    (re.compile(r"grub rescue>"), "GRUB could not find its modules or config"),
+    # Without its module lists (command.lst) GRUB's normal mode knows no command.
+    (re.compile(r"error: can't find command `[^']*'\."),
+     "GRUB could not find the module of a command"),
+    (re.compile(r"error: (file [`']\S*vmlinu\S*' not found|you need to load the kernel first)"),
+     "GRUB could not load the kernel"),
+    (re.compile(r"^grub>( |$)", re.MULTILINE), "GRUB dropped to its command line"),
+    (re.compile(r"Press any key to continue\.\.\."),
+     "GRUB could not boot the entry and returns to its menu"),
     (re.compile(r"ALERT! .*"), "the initramfs did not find the root file system"),
     (re.compile(r"Gave up waiting for (root|suspend/resume) .*"),
      "the initramfs did not find the root file system"),
+    # klibc's mount, then initramfs-tools' panic: the file system's module is missing.
+    (re.compile(r"No such device\n(?:.*\n){0,4}?.*Failed to mount \S+ as root file system\."),
+     "the initramfs has no driver for the root file system"),
+    (re.compile(r"Failed to mount \S+ as root file system\."),
+     "the initramfs could not mount the root file system"),
     (re.compile(r"^\(initramfs\) ", re.MULTILINE), "the initramfs dropped to a shell"),
     (re.compile(r"Kernel panic - not syncing.*"), "the kernel panicked"),
     (re.compile(r"You are in emergency mode.*"), "systemd went into emergency mode"),
@@ -259,6 +277,7 @@ class VM:
         self._stack = ExitStack()
         self.started = 0.0
         self.milestones: dict[str, float] = {}
+        self.screen = ""  # the VGA text screen when it was last read
 
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "VM":
@@ -439,6 +458,23 @@ class VM:
                 continue
         return None
 
+    def screen_text(self) -> str:
+        """The VGA text screen, read from video memory: what SeaBIOS and a GRUB without
+        a serial terminal show. Empty where there is none (UEFI's framebuffer, machines
+        without VGA) and once the guest has switched to graphics."""
+        if self.uefi or not self.arch.seabios or not self.running() or not self.monitor:
+            return ""
+        dump = self.workdir / "screen.bin"
+        try:
+            self.monitor.execute("pmemsave", {"val": VGA_TEXT, "size": VGA_COLUMNS * VGA_ROWS * 2,
+                                              "filename": str(dump)})
+            cells = dump.read_bytes()
+        except (VMError, OSError):
+            return ""
+        text = cells[0::2].replace(b"\0", b" ").decode("cp437")
+        rows = [text[i:i + VGA_COLUMNS].rstrip() for i in range(0, len(text), VGA_COLUMNS)]
+        return "\n".join(rows).strip("\n")
+
     def save_artifacts(self, reason: str) -> Path:
         """Keep the logs and a screendump of this VM for a post-mortem; returns the directory."""
         if self.artifacts is not None:
@@ -448,6 +484,8 @@ class VM:
             prefix=f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}-",
             dir=self.artifacts_root))
         self.screendump(self.artifacts / "screen")
+        if screen := self.screen_text() or self.screen:
+            (self.artifacts / "screen.txt").write_text(screen + "\n")
         for log in ("serial.log", "firmware.log", "marker.log", "qemu.stderr"):
             if (self.workdir / log).exists():
                 shutil.copy(self.workdir / log, self.artifacts / log)
@@ -474,21 +512,39 @@ class VM:
         return time.monotonic() if HANDOFF in self.read("firmware.log") else None
 
     def failure(self, serial: str) -> str | None:
-        """Why the boot has failed for good, from the consoles; None while it may go on."""
+        """Why the boot has failed for good, from the consoles and the screen; None
+        while it may go on."""
         firmware = self.read("firmware.log")
         serial = plain(serial)
         for pattern, what in FAILURES:
-            for text in (serial, firmware):
+            for text in (serial, firmware, self.screen):
                 match = pattern.search(text)
                 if match:
-                    return f"{what}: {match.group(0).strip()[:200]}"
+                    return f"{what}: {' '.join(match.group(0).split())[:200]}"
         return None
 
     def _note_milestones(self, serial: str, elapsed: float) -> None:
-        text = plain(serial)
+        text = plain(serial) + "\n" + self.screen
         for name, pattern in MILESTONES:
             if name not in self.milestones and pattern.search(text):
                 self.milestones[name] = round(elapsed, 1)
+
+    def _silent(self, quiet: float, silence: float) -> str | None:
+        """Why a boot whose serial console stayed empty, and whose screen has not
+        changed for `quiet` seconds, is stuck; None while it may go on. A boot loader
+        on the screen alone gets twice `silence` (loading an initrd under TCG shows
+        one unchanging line for seconds)."""
+        shown = [line.strip() for line in self.screen.splitlines() if line.strip()]
+        on_screen = MILESTONES[0][1].search(self.screen) is not None
+        if quiet <= (2 * silence if on_screen else silence):
+            return None
+        if on_screen:
+            return (f"the boot loader shows only on the screen and stopped there, with nothing "
+                    f"on the serial console for {quiet:.0f}s: {shown[-1][:200]!r}")
+        return (f"nothing on the serial console {silence:.0f}s after the firmware started the "
+                "boot loader: no boot loader ran, or it does not use the serial console "
+                f"({self.arch.console} on {self.arch.name})"
+                + (f"; the screen shows {shown[-1][:200]!r}" if shown else ""))
 
     def wait_boot(self, timeout: float | None = None, until: str = "any",
                   login: re.Pattern[str] = LOGIN, silence: float | None = None) -> BootResult:
@@ -506,12 +562,18 @@ class VM:
         """
         timeout = timeout if timeout is not None else self.accel.seconds(BOOT_SECONDS)
         silence = silence if silence is not None else self.accel.seconds(SILENCE_SECONDS)
-        last_status = 0.0
+        last_status = last_screen = screen_changed = 0.0
         handoff: float | None = None
         while True:
             now = time.monotonic()
             elapsed = now - self.started
             serial = self.serial_log()
+            if not serial.strip() and now - last_screen > SCREEN_EVERY:
+                # A boot loader that does not use the serial console shows on the screen.
+                last_screen = now
+                screen = self.screen_text()
+                if screen != self.screen:
+                    self.screen, screen_changed = screen, now
             lines = self.marker()
             prompt = login.search(serial)
             if handoff is None:
@@ -536,11 +598,8 @@ class VM:
                 result.success, result.reason = True, "reached the login prompt"
                 return result
             reason = self.failure(serial)
-            if reason is None and handoff is not None and not serial.strip() \
-                    and now - handoff > silence:
-                reason = (f"nothing on the serial console {silence:.0f}s after the firmware "
-                          "started the boot loader: no boot loader ran, or it does not use "
-                          f"the serial console ({self.arch.console} on {self.arch.name})")
+            if reason is None and handoff is not None and not serial.strip():
+                reason = self._silent(now - max(handoff, screen_changed), silence)
             if reason is None and not self.running():
                 assert self.proc is not None
                 err = self.stderr().strip().splitlines()[-1:]
