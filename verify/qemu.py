@@ -520,7 +520,8 @@ class VM:
             for text in (serial, firmware, self.screen):
                 match = pattern.search(text)
                 if match:
-                    return f"{what}: {' '.join(match.group(0).split())[:200]}"
+                    shown = re.sub(r"\s*\n\s*", " ", match.group(0).strip())  # one line
+                    return f"{what}: {shown[:200]}"
         return None
 
     def _note_milestones(self, serial: str, elapsed: float) -> None:

@@ -1,0 +1,226 @@
+"""image-info on the corpus (test/corpus.py): images this project did not make.
+
+Each report is compared field by field with facts computed without
+image-info (sfdisk --json, blkid's low-level probe, dpkg's status file and
+os-release read with debugfs or tar), and, for every image libguestfs can
+open, with virt-inspector: OS, hostname, mount points and packages with
+versions must agree; where they do not, the failure names the field and
+which side the independent facts back.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import corpus
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="mmdebstrap --mode=root and a loop mount need root")
+DISKS = ("gpt-esp", "split", "btrfs")
+INSPECTABLE = (*DISKS, "bare")  # what virt-inspector opens (not a tarball)
+# Where virt-inspector cannot read an image at all, and why (image-info's side is
+# checked against the facts in test_tree_is_what_the_image_holds).
+INSPECTOR_FAILS = {
+    # libguestfs 1.48 does not resolve fstab's PARTUUID= sources: /var stays unmounted,
+    # and with it dpkg's status file.
+    "split": "filesize: /var/lib/dpkg/status: No such file or directory",
+}
+GUESTFS_ENV = {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    return corpus.build(Path(os.environ.get("CORPUS_STORE", corpus.DEFAULT_STORE)))
+
+
+def report_of(corpus_dir: Path, name: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info",
+                           str(corpus_dir / corpus.IMAGES[name])],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# --- independent facts ---------------------------------------------------------------
+
+
+def sfdisk_partitions(image: Path) -> list[dict]:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    parts = []
+    for n, p in enumerate(table["partitions"], start=1):
+        partuuid = (p["uuid"].lower() if table["label"] == "gpt"
+                    else f"{int(table['id'], 16):08x}-{n:02x}")
+        parts.append({"number": n, "start": p["start"] * 512, "size": p["size"] * 512,
+                      "type": p["type"], "partuuid": partuuid})
+    return parts
+
+
+def blkid(image: Path, offset: int = 0, size: int | None = None) -> dict:
+    cmd = ["blkid", "-p", "-o", "export", "-O", str(offset), *(["-S", str(size)] if size else [])]
+    out = subprocess.run([*cmd, str(image)], capture_output=True, text=True).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {"fstype": values.get("TYPE"), "uuid": values.get("UUID"),
+            "label": values.get("LABEL")}
+
+
+def debugfs_cat(image: Path, offset: int, path: str) -> str:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", f"{image}?offset={offset}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def tree_file(corpus_dir: Path, name: str, path: str) -> str:
+    """A file of the OS tree as the image holds it, read without image-info."""
+    image = corpus_dir / corpus.IMAGES[name]
+    if name == "tarball":
+        return subprocess.run(["tar", "-xOf", str(image), f"./{path}"], capture_output=True,
+                              text=True, check=True).stdout
+    if name == "btrfs":  # debugfs reads ext4 only: the tree the image was made from
+        return (corpus_dir / "tree" / path).read_text()
+    if name == "bare":
+        return debugfs_cat(image, 0, f"/{path}")
+    starts = {p["number"]: p["start"] for p in sfdisk_partitions(image)}
+    if name == "split" and path.startswith("var/"):
+        return debugfs_cat(image, starts[3], f"/{path.removeprefix('var/')}")
+    return debugfs_cat(image, starts[2], f"/{path}")
+
+
+def dpkg_installed(status: str) -> dict[str, str]:
+    """name:arch -> version of dpkg's status stanzas that are installed."""
+    found = {}
+    for stanza in status.split("\n\n"):
+        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", stanza, re.MULTILINE))
+        if fields.get("Status") == "install ok installed":
+            found[f"{fields['Package']}:{fields['Architecture']}"] = fields["Version"]
+    return found
+
+
+def os_release(text: str) -> dict[str, str]:
+    return {k: v.strip('"') for k, v in re.findall(r"^([A-Z_]+)=(.*)$", text, re.MULTILINE)}
+
+
+# --- image-info against the facts ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DISKS)
+def test_partitions_are_what_sfdisk_and_blkid_say(name: str, corpus_dir: Path) -> None:
+    image = corpus_dir / corpus.IMAGES[name]
+    report = report_of(corpus_dir, name)
+    facts = sfdisk_partitions(image)
+    for fact in facts:
+        fact.update(blkid(image, fact["start"], fact["size"]))
+    keys = ("number", "start", "size", "type", "partuuid", "fstype", "uuid", "label")
+    assert [{k: p[k] for k in keys} for p in report["partitions"]] == facts
+
+
+@pytest.mark.parametrize("name", corpus.IMAGES)
+def test_tree_is_what_the_image_holds(name: str, corpus_dir: Path) -> None:
+    report = report_of(corpus_dir, name)
+    status = dpkg_installed(tree_file(corpus_dir, name, "var/lib/dpkg/status"))
+    assert len(status) > 100
+    assert {f"{p['name']}:{p['arch']}": p["version"] for p in report["packages"]} == status
+    assert report["hostname"] == tree_file(corpus_dir, name, "etc/hostname").strip()
+    release = os_release(tree_file(corpus_dir, name, "usr/lib/os-release"))
+    assert {k: report["os-release"].get(k) for k in ("ID", "VERSION_ID")} == \
+        {k: release.get(k) for k in ("ID", "VERSION_ID")}
+    assert "ssh.service" in report["services-enabled"]
+    if name == "bare":
+        assert report["filesystem"] == blkid(corpus_dir / corpus.IMAGES[name])
+
+
+def test_root_that_is_not_the_largest_partition(corpus_dir: Path) -> None:
+    report = report_of(corpus_dir, "split")
+    sizes = {p["number"]: p["size"] for p in report["partitions"]}
+    assert max(sizes, key=sizes.__getitem__) == 3  # /var
+    # The tree is the root (2) with /boot and /var mounted by LABEL and PARTUUID: the
+    # packages (test_tree_is_what_the_image_holds) come from /var's partition.
+    assert sorted(row[:2] for row in report["fstab"]) == sorted([
+        [f"UUID={corpus.ROOT_UUID}", "/"], ["LABEL=corpus-boot", "/boot"],
+        [f"PARTUUID={corpus.VAR_PARTUUID}", "/var"]])
+
+
+def test_esp_is_what_mtools_says(corpus_dir: Path) -> None:
+    report = report_of(corpus_dir, "gpt-esp")
+    [esp] = report["esp"]
+    assert esp["partition"] == 1 and esp["uuid"] == "C0A9-C0A9"
+    assert sorted(esp["efi-binaries"]) == ["/EFI/BOOT/BOOTX64.EFI", "/EFI/debian/grubx64.efi"]
+    assert set(esp["efi-binaries"].values()) == {"x86_64"}
+
+
+# --- image-info against virt-inspector -------------------------------------------------
+
+
+def run_inspector(image: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virt-inspector", "--no-icon", "--format=raw", "-a", str(image)],
+                          capture_output=True, text=True, env={**os.environ, **GUESTFS_ENV},
+                          timeout=900)
+
+
+def inspector(image: Path) -> dict:
+    """virt-inspector's view: distro, hostname, {mount point: partition number}, packages."""
+    proc = run_inspector(image)
+    assert proc.returncode == 0, proc.stderr
+    [osys] = ET.fromstring(proc.stdout).findall("operatingsystem")
+    mounts = {}
+    for mp in osys.findall("mountpoints/mountpoint"):
+        number = re.search(r"/dev/sd[a-z](\d*)", mp.get("dev", ""))
+        mounts[mp.text] = int(number.group(1) or 0) if number else mp.get("dev")
+    packages = {}
+    for app in osys.findall("applications/application"):
+        epoch, version, release = (app.findtext(k) or "" for k in ("epoch", "version", "release"))
+        full = (f"{epoch}:" if epoch not in ("", "0") else "") + version + \
+            (f"-{release}" if release else "")
+        packages[f"{app.findtext('name')}:{app.findtext('arch')}"] = full
+    return {"distro": osys.findtext("distro"), "hostname": osys.findtext("hostname"),
+            "mountpoints": mounts, "packages": packages}
+
+
+def image_info_view(report: dict) -> dict:
+    """The same fields from image-info's report, fstab's sources resolved to partitions."""
+    parts = report.get("partitions", [])
+
+    def number(source: str) -> int | str:
+        kind, _, value = source.partition("=")
+        field = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid"}.get(kind)
+        found = [p["number"] for p in parts if field and p.get(field) == value]
+        return found[0] if found else (0 if not parts else source)
+
+    return {"distro": report["os-release"].get("ID"), "hostname": report.get("hostname"),
+            "mountpoints": {row[1]: number(row[0]) for row in report.get("fstab", [])
+                            if row[1].startswith("/")},
+            "packages": {f"{p['name']}:{p['arch']}": p["version"]
+                         for p in report["packages"]}}
+
+
+@pytest.mark.parametrize("name", INSPECTABLE)
+def test_virt_inspector_agrees(name: str, corpus_dir: Path) -> None:
+    if name in INSPECTOR_FAILS:
+        proc = run_inspector(corpus_dir / corpus.IMAGES[name])
+        assert proc.returncode != 0 and INSPECTOR_FAILS[name] in proc.stderr, \
+            f"virt-inspector now reads {name}: compare it ({proc.stderr[-300:]})"
+        return
+    ours = image_info_view(report_of(corpus_dir, name))
+    theirs = inspector(corpus_dir / corpus.IMAGES[name])
+    facts = dpkg_installed(tree_file(corpus_dir, name, "var/lib/dpkg/status"))
+    disagree = []
+    for field in ours:
+        if ours[field] == theirs[field]:
+            continue
+        if field == "packages":
+            keys = sorted(set(ours[field]) ^ set(theirs[field]) |
+                          {k for k in ours[field] if ours[field].get(k) != theirs[field].get(k)})
+            for k in keys[:10]:
+                right = ("image-info" if ours[field].get(k) == facts.get(k) else
+                         "virt-inspector" if theirs[field].get(k) == facts.get(k) else "neither")
+                disagree.append(f"packages[{k}]: image-info {ours[field].get(k)!r}, "
+                                f"virt-inspector {theirs[field].get(k)!r}, dpkg's status "
+                                f"{facts.get(k)!r}: {right} is right")
+        else:
+            disagree.append(f"{field}: image-info {ours[field]!r}, virt-inspector "
+                            f"{theirs[field]!r}")
+    assert not disagree, "\n".join(disagree)
