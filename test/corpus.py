@@ -21,12 +21,13 @@ built), under a lock that pytest-xdist's workers share.
 
 import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from imagemaker import mk
 
 from osbuild.depsolve import host_mirror
 
@@ -59,17 +60,6 @@ def locked(path: Path) -> Iterator[None]:
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def place(disk: Path, fs: Path, offset: int) -> None:
-    """Copy the file system image `fs` into `disk` at `offset`, keeping holes."""
-    with open(fs, "rb") as src, open(disk, "r+b") as dst:
-        dst.seek(offset)
-        while chunk := src.read(MIB):
-            if chunk.count(0) == len(chunk):
-                dst.seek(len(chunk), os.SEEK_CUR)
-            else:
-                dst.write(chunk)
 
 
 def tree_size(tree: Path) -> int:
@@ -121,7 +111,7 @@ def gpt_esp(tree: Path, out: Path, work: Path) -> None:
     run(*env, "mcopy", "-i", target, str(EFI_BINARY), "::/EFI/debian/grubx64.efi")
     fs = work / "root.ext4"
     mkext4(tree, fs, root_size, ROOT_UUID, "root")
-    place(out, fs, starts[1])
+    mk.place(out, fs, starts[1])
     fs.unlink()
 
 
@@ -160,7 +150,7 @@ def split(tree: Path, out: Path, work: Path) -> None:
                 (aside["var"], var_size, VAR_UUID, "var", starts[2])):
             fs = work / f"{label}.ext4"
             mkext4(src, fs, size, uuid, label)
-            place(out, fs, start)
+            mk.place(out, fs, start)
             fs.unlink()
 
 
@@ -180,7 +170,7 @@ def btrfs(tree: Path, out: Path, work: Path) -> None:
         run("umount", str(mnt))
         mnt.rmdir()
     [start] = partition(out, "dos", [f"size={size // SECTOR}, type=83"], size + MIB)
-    place(out, fs, start)
+    mk.place(out, fs, start)
     fs.unlink()
 
 
