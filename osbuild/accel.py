@@ -35,6 +35,10 @@ class Accel:
     # Timeouts are written for TCG (scale 1); KVM boots several times faster.
     scale: float = 1.0
     reason: str = ""
+    # Guests under TCG get one vCPU: with two, multi-threaded TCG now and then
+    # runs a half-patched kernel instruction (a static key flipped by one vCPU
+    # while the other executes it) and the guest panics in the scheduler.
+    cpus: int = 1
 
     def seconds(self, tcg_seconds: float) -> float:
         """A timeout written for TCG, scaled to this accelerator."""
@@ -42,7 +46,7 @@ class Accel:
 
 
 TCG = Accel("tcg", ("-accel", "tcg", "-cpu", "max"), 1.0)
-KVM = Accel("kvm", ("-accel", "kvm", "-cpu", "host"), 0.3)
+KVM = Accel("kvm", ("-accel", "kvm", "-cpu", "host"), 0.3, cpus=2)
 
 
 def probe_kernel() -> Path | None:

@@ -250,7 +250,7 @@ class VM:
     """A running qemu; see the module docstring."""
 
     def __init__(self, image: Path | str, *, uefi: bool = False, arch: str | Arch = "x86_64",
-                 memory: int = 1024, cpus: int = 2, accel: Accel | None = None,
+                 memory: int = 1024, cpus: int | None = None, accel: Accel | None = None,
                  forwards: list[int] | tuple[int, ...] = (22,), name: str | None = None,
                  artifacts: Path | None = None):
         self.image = Path(image).resolve()
@@ -264,8 +264,8 @@ class VM:
         if missing := self.arch.missing(uefi):
             raise VMError(missing)
         self.memory = memory
-        self.cpus = cpus
         self.accel = accel or accelerator(self.arch)
+        self.cpus = cpus or self.accel.cpus
         self.forwards = dict.fromkeys(forwards, 0)  # guest port -> host port
         self.name = name or self.image.stem
         self.artifacts_root = artifacts or default_artifacts()
