@@ -1,6 +1,7 @@
 """Shared fixtures: every test gets private temp dirs; nothing touches the host."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,8 @@ sys.path.insert(0, str(ROOT / "test"))
 
 pytest_plugins = ["fileserver"]  # the `server` fixture: a local HTTP server
 
-from harness import Osbuild  # noqa: E402  (after the sys.path set-up above)
+import corpus  # noqa: E402  (after the sys.path set-up above)
+from harness import Osbuild  # noqa: E402
 
 from osbuild.fsutil import remove_tree  # noqa: E402
 
@@ -44,6 +46,12 @@ def libdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def osbuild(libdir: Path, tmp_path: Path) -> Osbuild:
     return Osbuild(libdir, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """image-info's corpus (test/corpus.py): built once, shared by the xdist workers."""
+    return corpus.build(Path(os.environ.get("CORPUS_STORE", corpus.DEFAULT_STORE)))
 
 
 @pytest.fixture(scope="session")

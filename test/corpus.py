@@ -11,10 +11,16 @@ mount):
   largest (so the root is not), fstab naming them by PARTUUID and LABEL;
 - btrfs: dos label, one btrfs partition whose root is the `@` subvolume;
 - bare: an ext4 file system image of the tree, no partition table;
-- tarball: the tree as a tar archive.
+- tarball: the tree as a tar archive;
 
-Built once into a store keyed by this file's text, the suite and the mirror
-(CORPUS_STORE=DIR, default /var/tmp/osbuild-corpus, about 1 GB: a cache the
+and one image another tool made whole:
+
+- vmdb2: Debian 12 by vmdb2 (Debian's package): a dos label, one ext4
+  partition, GRUB for BIOS in the MBR and the gap after it, a kernel;
+  bootable (corpus_vmdb2 says how it runs without device-mapper).
+
+Built once into a store keyed by the two modules' text, the suite and the mirror
+(CORPUS_STORE=DIR, default /var/tmp/osbuild-corpus, about 2 GB: a cache the
 next run reuses; a corpus of other inputs is removed when a new one is
 built), under a lock that pytest-xdist's workers share.
 """
@@ -27,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import corpus_vmdb2
 from imagemaker import mk
 
 from osbuild.depsolve import host_mirror
@@ -48,7 +55,7 @@ VAR_PARTUUID = "7c0f1a5e-0000-4000-8000-000000000003"
 ESP_VOLID = "C0A9C0A9"
 DEFAULT_STORE = Path("/var/tmp/osbuild-corpus")  # a cache: the next run reuses it
 IMAGES = {"gpt-esp": "gpt-esp.raw", "split": "split.raw", "btrfs": "btrfs.raw",
-          "bare": "bare.ext4", "tarball": "tree.tar"}
+          "bare": "bare.ext4", "tarball": "tree.tar", "vmdb2": "vmdb2.raw"}
 
 
 def run(*cmd: str, stdin: str | None = None) -> str:
@@ -189,7 +196,8 @@ BUILDERS = {"gpt-esp": gpt_esp, "split": split, "btrfs": btrfs, "bare": bare,
 
 
 def key(mirror: str) -> str:
-    text = Path(__file__).read_bytes() + f"\0{SUITE}\0{INCLUDE}\0{mirror}".encode()
+    text = (Path(__file__).read_bytes() + Path(corpus_vmdb2.__file__).read_bytes()
+            + f"\0{SUITE}\0{INCLUDE}\0{mirror}".encode())
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -211,6 +219,7 @@ def build(store: Path) -> Path:
             "--mode=root", SUITE, str(tree), mirror)
         for name, builder in BUILDERS.items():
             builder(tree, where / IMAGES[name], work)
+        corpus_vmdb2.build(where / IMAGES["vmdb2"], work / "vmdb2", mirror)
         shutil.rmtree(work)
         (where / "done").touch()
     return where

@@ -14,14 +14,18 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from hashlib import sha256
 from pathlib import Path
 
 import corpus
+import corpus_vmdb2
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="mmdebstrap --mode=root and a loop mount need root")
-DISKS = ("gpt-esp", "split", "btrfs")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="mmdebstrap --mode=root and a loop mount need root")]
+DISKS = ("gpt-esp", "split", "btrfs", "vmdb2")
+ROOT_PARTITION = {"gpt-esp": 2, "split": 2, "vmdb2": 1}  # of the ext4 disks debugfs reads
 INSPECTABLE = (*DISKS, "bare")  # what virt-inspector opens (not a tarball)
 # Where virt-inspector cannot read an image at all, and why (image-info's side is
 # checked against the facts in test_tree_is_what_the_image_holds).
@@ -31,11 +35,6 @@ INSPECTOR_FAILS = {
     "split": "filesize: /var/lib/dpkg/status: No such file or directory",
 }
 GUESTFS_ENV = {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
-
-
-@pytest.fixture(scope="session")
-def corpus_dir() -> Path:
-    return corpus.build(Path(os.environ.get("CORPUS_STORE", corpus.DEFAULT_STORE)))
 
 
 def report_of(corpus_dir: Path, name: str) -> dict:
@@ -87,7 +86,7 @@ def tree_file(corpus_dir: Path, name: str, path: str) -> str:
     starts = {p["number"]: p["start"] for p in sfdisk_partitions(image)}
     if name == "split" and path.startswith("var/"):
         return debugfs_cat(image, starts[3], f"/{path.removeprefix('var/')}")
-    return debugfs_cat(image, starts[2], f"/{path}")
+    return debugfs_cat(image, starts[ROOT_PARTITION[name]], f"/{path}")
 
 
 def dpkg_installed(status: str) -> dict[str, str]:
@@ -150,6 +149,27 @@ def test_esp_is_what_mtools_says(corpus_dir: Path) -> None:
     assert esp["partition"] == 1 and esp["uuid"] == "C0A9-C0A9"
     assert sorted(esp["efi-binaries"]) == ["/EFI/BOOT/BOOTX64.EFI", "/EFI/debian/grubx64.efi"]
     assert set(esp["efi-binaries"].values()) == {"x86_64"}
+
+
+def test_grub_for_bios_is_what_the_disk_holds(corpus_dir: Path) -> None:
+    """vmdb2's grub-install: the report's GRUB byte ranges and menu, hashed and read here."""
+    image = corpus_dir / corpus.IMAGES["vmdb2"]
+    report = report_of(corpus_dir, "vmdb2")
+    data = image.read_bytes()[:sfdisk_partitions(image)[0]["start"]]
+    assert b"GRUB" in data[:440] and report["bootloader"] == "grub"
+    assert report["grub2-bios"] == {
+        "boot-code": {"start": 0, "end": 440, "sha256": sha256(data[:440]).hexdigest()},
+        "core-area": {"start": 512, "end": len(data), "sha256": sha256(data[512:]).hexdigest()}}
+    grub_cfg = tree_file(corpus_dir, "vmdb2", "boot/grub/grub.cfg")
+    kernels = re.findall(r"^\s*linux\s+(\S+)\s+(.*)$", grub_cfg, re.MULTILINE)
+    assert kernels and [(e["linux"], e["options"]) for e in report["grub-menu"]] == \
+        [(path, " ".join(options.split())) for path, options in kernels]
+    first = report["grub-menu"][0]
+    assert f"root=UUID={corpus_vmdb2.ROOT_UUID}" in first["options"].split()
+    root = sfdisk_partitions(image)[0]["start"]
+    stat = subprocess.run(["debugfs", "-R", f"stat {first['linux']}", f"{image}?offset={root}"],
+                          capture_output=True, text=True).stdout
+    assert "Type: regular" in stat, f"{first['linux']} is not in the image"
 
 
 # --- image-info against virt-inspector -------------------------------------------------
