@@ -47,27 +47,35 @@ def qemu_img_args(fmt: dict[str, Any]) -> list[str]:
     return [*args, *(["-o", ",".join(opts)] if opts else [])]
 
 
+DIGEST_BLOCK = 1 << 20
+
+
 def data_digest(path: str) -> bytes:
-    """sha256 over the data of a (sparse) file: only its data extents are read."""
+    """sha256 of a (sparse) file's content, reading only its data extents.
+
+    Only the bytes count, never where the holes are: the same image may be
+    written with more or fewer holes (a copy, another file system, zeros that
+    mkfs wrote out), so the digest is over the 1 MiB blocks that are not all
+    zeros, each with its index, and the file's length.
+    """
     digest = hashlib.sha256()
+    zero = bytes(DIGEST_BLOCK)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
-        pos = 0
+        pos = done = 0  # done: the blocks before it are hashed
         while pos < end:
             try:
-                pos = os.lseek(fd, pos, os.SEEK_DATA)
+                data = os.lseek(fd, pos, os.SEEK_DATA)
             except OSError:
                 break  # only a hole is left
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            digest.update(struct.pack("<QQ", pos, hole))
-            os.lseek(fd, pos, os.SEEK_SET)
-            while pos < hole:
-                chunk = os.read(fd, min(1 << 20, hole - pos))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                pos += len(chunk)
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            for index in range(max(data // DIGEST_BLOCK, done), (hole - 1) // DIGEST_BLOCK + 1):
+                chunk = os.pread(fd, DIGEST_BLOCK, index * DIGEST_BLOCK)
+                if chunk != zero[:len(chunk)]:
+                    digest.update(struct.pack("<Q", index) + chunk)
+            done = (hole - 1) // DIGEST_BLOCK + 1
+            pos = max(hole, done * DIGEST_BLOCK)
         digest.update(struct.pack("<Q", end))
     finally:
         os.close(fd)

@@ -38,6 +38,7 @@ from imagecheck import (
 from stagetest import LIBDIR, load_meta, run_stage
 
 from osbuild.debian import compare_versions
+from osbuild.disk.convert import data_digest
 from osbuild.disk.partition import partition_uuid
 
 MiB = 1024 * 1024
@@ -447,6 +448,26 @@ def repro_manifest() -> dict[str, Any]:
     return {"version": "2", "pipelines": [
         tree_pipeline(grub), image,
         *(convert(name, fmt, filename) for name, (fmt, filename) in REPRO_FORMATS.items())]}
+
+
+def test_the_seed_of_converted_ids_is_the_content_not_the_holes(tmp_path: Path) -> None:
+    """The vmdk/vdi/vpc ids come from the raw image's data digest: the same bytes with
+    other holes (a copy, zeros written out) give the same ids, another byte others."""
+    sparse, dense = tmp_path / "sparse.raw", tmp_path / "dense.raw"
+    with open(sparse, "wb") as f:
+        f.truncate(10 << 20)
+        f.seek((3 << 20) + 7)
+        f.write(b"data")
+        f.seek(7 << 20)
+        f.write(bytes(2 << 20))  # zeros as data: an extent, not a hole
+    with open(dense, "wb") as f:
+        f.write(bytes((3 << 20) + 7) + b"data")
+        f.truncate(10 << 20)
+    assert data_digest(str(sparse)) == data_digest(str(dense))
+    with open(dense, "r+b") as f:
+        f.seek((10 << 20) - 1)
+        f.write(b"!")
+    assert data_digest(str(sparse)) != data_digest(str(dense))
 
 
 @pytest.mark.slow
