@@ -155,7 +155,13 @@ def created(b: Entry) -> dict[str, list[Any]]:
 
 def diff_trees(a: Path, b: Path, upstream: bool = False) -> dict[str, Any]:
     """The diff.json document that turns tree `a` into tree `b`."""
-    before, after = scan(Path(a)), scan(Path(b))
+    return diff_entries(scan(Path(a)), scan(Path(b)), upstream)
+
+
+def diff_entries(before: dict[str, Any], after: dict[str, Any], upstream: bool = False
+                 ) -> dict[str, Any]:
+    """diff_trees of two listings: {path: an Entry, or anything with its attributes
+    (image-info's listing of a tarball's members)}."""
     added = sorted(after.keys() - before.keys())
     deleted = sorted(before.keys() - after.keys())
     differences: dict[str, dict[str, list[Any]]] = {}

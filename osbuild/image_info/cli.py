@@ -1,7 +1,8 @@
 """The `image-info` command: a JSON report of an image, a tree or a tarball on stdout.
 
     image-info IMAGE|DIR|TARBALL [--packages-verify] [--backend auto|loop|guestfs] [--debug]
-    image-info --diff A B [--json] [--backend ...]   (A, B: as above, or a report *.json)
+    image-info --diff A B [--files] [--json] [--backend ...]   (A, B: as above, or a report
+                                                               *.json unless --files)
     image-info --sbom spdx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
 
 Errors are one line on stderr and exit status 1; a traceback only for an
@@ -15,12 +16,14 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from osbuild.errors import OsbuildError
 from osbuild.image_info import ImageInfoError, bootloader, discoverable, pkgverify, source, tree
 from osbuild.image_info import diff as report_diff
+from osbuild.image_info import files as tree_files
 from osbuild.image_info import sbom as sboms
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
 from osbuild.image_info.disk import layout as read_layout
@@ -40,6 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="print what differs between the reports of A and B (images, "
                         "trees, tarballs, or reports image-info wrote: *.json)")
     parser.add_argument("--json", action="store_true", help="with --diff: the changes as JSON")
+    parser.add_argument("--files", action="store_true",
+                        help="with --diff: also the files of the two trees (added, removed, "
+                        "and changed in mode, owner, sha256, link target or labels); images "
+                        "are read through loop devices (root)")
     parser.add_argument("--packages-verify", action="store_true",
                         help="also check every installed file against dpkg's md5sums, "
                         "conffiles against dpkg's status, and list files under /usr no "
@@ -56,8 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.target is None) == (args.diff is None):
         parser.error("give one IMAGE|DIR|TARBALL, or --diff A B")
-    if args.json and args.diff is None:
-        parser.error("--json goes with --diff")
+    if (args.json or args.files) and args.diff is None:
+        parser.error("--json and --files go with --diff")
     if args.sbom and args.diff is not None:
         parser.error("--sbom takes one IMAGE|DIR|TARBALL, not --diff")
     if args.packages_verify and (args.sbom or args.diff is not None):
@@ -84,7 +91,7 @@ def tree_report(view: Tree, wants: frozenset[str] = frozenset()) -> dict[str, An
 
 def image_report(path: Path, compression: list[str] | None, backend: str,
                  stack: contextlib.ExitStack, wants: frozenset[str] = frozenset()
-                 ) -> dict[str, Any]:
+                 ) -> tuple[dict[str, Any], Tree | None]:
     backend = choose(backend)  # before any work: a refusal comes first
     if compression is not None:
         raw = source.decompress_image(path, compression, source.scratch_dir(stack))
@@ -101,14 +108,15 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     if view is not None:
         report.update(tree_report(view, wants))
     report.update(discoverable.report(disk, report, view))
-    return report
+    return report, view
 
 
-def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The report of `target`, whatever it is; all scratch space is gone on return."""
+@contextlib.contextmanager
+def released() -> Iterator[contextlib.ExitStack]:
+    """Where scratch space, loop devices and mounts are kept: all gone on exit."""
     stack = contextlib.ExitStack()
     try:
-        return _inspect(target, backend, stack, wants)
+        yield stack
     finally:
         # An interrupt in the middle of an unmount or of removing the scratch
         # directory would leave half of it behind: it waits until cleanup is done.
@@ -116,18 +124,27 @@ def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> 
             stack.close()
 
 
+def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The report of `target`, whatever it is; all scratch space is gone on return."""
+    with released() as stack:
+        return _inspect(target, backend, stack, wants)[0]
+
+
 def _inspect(target: Path, backend: str, stack: contextlib.ExitStack,
-             wants: frozenset[str]) -> dict[str, Any]:
+             wants: frozenset[str]) -> tuple[dict[str, Any], Tree | None]:
+    """The report of `target` and its tree (None if it has none), open until `stack` closes."""
     kind, command = source.classify(target)
     if kind == "directory":
-        return tree_report(Tree(target), wants)
+        view = Tree(target)
+        return tree_report(view, wants), view
     if kind == "tarball":
         dest = source.scratch_dir(stack)
         # Only the parts the report reads; --packages-verify reads every installed file.
         paths = None if "packages-verify" in wants else (
             *tree.PATHS, *bootloader.PATHS, *(sboms.PATHS if "sbom" in wants else ()))
         labels = source.extract_tarball(target, command, dest, paths)
-        return tree_report(Tree(dest, labels=labels.get if labels else None), wants)
+        view = Tree(dest, labels=labels.get if labels else None)
+        return tree_report(view, wants), view
     return image_report(target, command if kind == "compressed-image" else None, backend, stack,
                         wants)
 
@@ -143,6 +160,43 @@ def load_report(path: Path, backend: str) -> dict[str, Any]:
     if not isinstance(report, dict):
         raise ImageInfoError(f"{path}: not a report of image-info: not a JSON object")
     return report
+
+
+def with_files(target: Path, backend: str, stack: contextlib.ExitStack
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The report of `target` and the listing of its files, for --diff --files."""
+    if target.suffix == ".json" and target.is_file():
+        raise ImageInfoError(f"{target}: a report has no files to compare: --files takes "
+                             "images, trees and tarballs")
+    kind, command = source.classify(target)
+    if kind == "tarball":  # its members' owners and modes are in its headers
+        return inspect(target, backend), tree_files.tar_listing(target, command)
+    if kind != "directory" and choose(backend) != "loop":
+        raise ImageInfoError(f"{target}: --files reads an image's tree through loop devices, "
+                             "as root (libguestfs's copy keeps no owners or modes)")
+    report, view = _inspect(target, backend, stack, frozenset())
+    if view is None:
+        raise ImageInfoError(f"{target}: no OS tree to compare the files of")
+    return report, tree_files.live_listing(view.root)
+
+
+def diff_document(args: argparse.Namespace) -> str:
+    """--diff: the two reports' differences (and with --files, their files')."""
+    with released() as stack:  # both trees stay mounted until their files are compared
+        if args.files:
+            (old, old_files), (new, new_files) = (with_files(path, args.backend, stack)
+                                                  for path in args.diff)
+            file_changes = tree_files.diff(old_files, new_files)
+        else:
+            old, new = (load_report(path, args.backend) for path in args.diff)
+    changes = report_diff.diff(old, new)
+    if args.json:
+        doc: dict[str, Any] = {"changes": changes}
+        if args.files:
+            doc["files"] = file_changes
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    text = report_diff.render(changes)
+    return text + "files:\n" + tree_files.render(file_changes) if args.files else text
 
 
 def sbom_document(args: argparse.Namespace) -> str:
@@ -168,11 +222,7 @@ def output(args: argparse.Namespace) -> str:
         wants = frozenset({"packages-verify"} if args.packages_verify else ())
         report = inspect(args.target, args.backend, wants)
         return json.dumps(report, indent=2, sort_keys=True) + "\n"
-    old, new = (load_report(path, args.backend) for path in args.diff)
-    changes = report_diff.diff(old, new)
-    if args.json:
-        return json.dumps({"changes": changes}, indent=2, sort_keys=True) + "\n"
-    return report_diff.render(changes)
+    return diff_document(args)
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -144,6 +144,23 @@ def _stays_inside(dest: Path, name: str, is_link: bool) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
+@contextlib.contextmanager
+def tar_stream(path: Path, command: list[str] | None) -> Iterator[tarfile.TarFile]:
+    """The tarball read once, in order (decompressed by `command` unless None)."""
+    with contextlib.ExitStack() as stack:
+        if command is None:
+            stream: IO[bytes] = stack.enter_context(open(path, "rb"))
+        else:
+            stream = stack.enter_context(_decompressed(path, command))
+        yield stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+
+
+def member_name(name: str) -> str:
+    """A member's path relative to the tree's root ("" for the root: "/", ".", "./")."""
+    name = name.lstrip("/").removeprefix("./").rstrip("/")
+    return "" if name == "." else name
+
+
 def extract_tarball(
     path: Path, command: list[str] | None, dest: Path, prefixes: Iterable[str] | None = None
 ) -> dict[str, str]:
@@ -157,15 +174,10 @@ def extract_tarball(
     wanted = tuple(prefixes) if prefixes is not None else None
     labels: dict[str, str] = {}
     extracted: set[str] = set()
-    with contextlib.ExitStack() as stack:
-        if command is None:
-            stream: IO[bytes] = stack.enter_context(open(path, "rb"))
-        else:
-            stream = stack.enter_context(_decompressed(path, command))
-        try:
-            archive = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+    try:
+        with tar_stream(path, command) as archive:
             for member in archive:
-                name = member.name.lstrip("/").removeprefix("./").rstrip("/")
+                name = member_name(member.name)
                 for key in SELINUX_PAX_KEYS:
                     if key in member.pax_headers:
                         labels["/" + name] = member.pax_headers[key].rstrip("\0")
@@ -176,7 +188,7 @@ def extract_tarball(
                 if wanted is not None and not (top_link or _wanted(name, wanted)):
                     continue
                 if member.islnk():
-                    target = member.linkname.lstrip("/").removeprefix("./")
+                    target = member_name(member.linkname)
                     if target not in extracted:
                         continue
                     member.linkname = target
@@ -189,8 +201,8 @@ def extract_tarball(
                 except (tarfile.TarError, OSError):
                     continue  # a member that would leave dest, or clash: not ours to read
                 extracted.add(name)
-        except tarfile.TarError as exc:
-            raise ImageInfoError(f"{path}: not a readable tarball: {exc}") from None
+    except tarfile.TarError as exc:
+        raise ImageInfoError(f"{path}: not a readable tarball: {exc}") from None
     return labels
 
 

@@ -1,10 +1,13 @@
 """image-info --diff: two reports compared path by path, lists matched by their items."""
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from imagemaker import mk
 
 from osbuild.image_info.diff import diff, render
@@ -117,3 +120,115 @@ def test_diff_refuses_a_json_file_that_is_no_report_and_bad_usage(tmp_path: Path
                  (str(tmp_path / "tree"), "--diff", str(tmp_path), str(tmp_path))):
         proc = image_info(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, args
+
+
+# --- --files: the trees' files ---------------------------------------------------------
+
+
+def two_trees(tmp_path: Path) -> tuple[Path, Path]:
+    """A tree and its change: hostname rewritten, a file made executable, one added, one
+    removed, a link given another target."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for tree in (one, two):
+        mk.populate_tree(tree)
+        mk.write(tree, "usr/bin/tool", "#!/bin/sh\n")
+        mk.write(tree, "etc/gone", "x\n")
+        mk.link(tree, "usr/bin/runner", "tool")
+    (two / "etc/hostname").write_text("other\n")
+    (two / "usr/bin/tool").chmod(0o755)
+    mk.write(two, "etc/motd", "hello\n", mode=0o600)
+    (two / "etc/gone").unlink()
+    (two / "usr/bin/runner").unlink()
+    mk.link(two, "usr/bin/runner", "/usr/bin/tool")
+    return one, two
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def expected_files(one: Path, two: Path, uid: int = 0) -> dict:
+    return {"added_files": ["/etc/motd"], "deleted_files": ["/etc/gone"], "differences": {
+        "/etc/hostname": {"content": [sha(one / "etc/hostname"), sha(two / "etc/hostname")]},
+        "/etc/motd": {"mode": [None, 0o100600], "uid": [None, uid], "gid": [None, uid],
+                      "content": [None, sha(two / "etc/motd")]},
+        "/usr/bin/runner": {"symlink": ["tool", "/usr/bin/tool"]},
+        "/usr/bin/tool": {"mode": [0o100644, 0o100755]}}}
+
+
+def test_files_of_two_trees_added_removed_and_changed(tmp_path: Path) -> None:
+    one, two = two_trees(tmp_path)
+    proc = image_info("--diff", str(one), str(two), "--files", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [c["path"] for c in doc["changes"]] == ["hostname"]
+    assert doc["files"] == expected_files(one, two, os.getuid())
+    text = image_info("--diff", str(one), str(two), "--files").stdout.splitlines()
+    assert text[1:] == [
+        "files:",
+        "- /etc/gone",
+        f"~ /etc/hostname: content {sha(one / 'etc/hostname')[:12]} -> "
+        f"{sha(two / 'etc/hostname')[:12]}",
+        f"+ /etc/motd: mode 100600, uid {os.getuid()}, gid {os.getuid()}, "
+        f"content {sha(two / 'etc/motd')[:12]}",
+        "~ /usr/bin/runner: symlink tool -> /usr/bin/tool",
+        "~ /usr/bin/tool: mode 100644 -> 100755"]
+    same = image_info("--diff", str(one), str(one), "--files")
+    assert same.stdout == "no differences\nfiles:\nno differences\n"
+
+
+def test_files_of_tarballs_come_from_their_headers(tmp_path: Path) -> None:
+    """Owners and modes as the archive holds them, which an extraction without root loses."""
+    one, two = two_trees(tmp_path)
+    tar = ["tar", "--numeric-owner", "--owner=0", "--group=0", "--xattrs", "--xattrs-include=*"]
+    tars = [tmp_path / "one.tar.gz", tmp_path / "two.tar"]
+    subprocess.run([*tar, "-czf", str(tars[0]), "-C", str(one), "."], check=True)
+    # The second tree, its /etc/hostname given to another owner.
+    subprocess.run([*tar, "-cf", str(tars[1]), "-C", str(two), "--exclude=./etc/hostname", "."],
+                   check=True)
+    subprocess.run([*tar, "--owner=1000", "-rf", str(tars[1]), "-C", str(two),
+                    "./etc/hostname"], check=True)
+    proc = image_info("--diff", *map(str, tars), "--files", "--json")
+    assert proc.returncode == 0, proc.stderr
+    want = expected_files(one, two)
+    want["differences"]["/etc/hostname"]["uid"] = [0, 1000]
+    assert json.loads(proc.stdout)["files"] == want
+    # A tarball against the tree it was made of: only what tar changed (owners).
+    mixed = json.loads(image_info("--diff", str(tars[0]), str(one), "--files", "--json").stdout)
+    assert mixed["files"]["added_files"] == mixed["files"]["deleted_files"] == []
+    assert all(set(d) <= {"uid", "gid"} for d in mixed["files"]["differences"].values())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="image files are read through loop devices")
+def test_files_of_two_images_through_loop_devices(tmp_path: Path) -> None:
+    one, two = two_trees(tmp_path)
+    images = []
+    for tree in (one, two):
+        image = tmp_path / f"{tree.name}.ext4"
+        subprocess.run(["mkfs.ext4", "-q", "-E", "root_owner=0:0", "-d", str(tree), str(image),
+                        "8M"], check=True)
+        images.append(image)
+    proc = image_info("--diff", *map(str, images), "--files", "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["files"]
+    assert "/lost+found" not in found["added_files"] + found["deleted_files"]
+    assert found == expected_files(one, two)
+    assert str(tmp_path) not in subprocess.run(["losetup", "-a"], capture_output=True,
+                                               text=True).stdout
+
+
+def test_files_refuses_reports_and_the_guestfs_backend(tmp_path: Path) -> None:
+    one, two = two_trees(tmp_path)
+    report = tmp_path / "one.json"
+    report.write_text(image_info(str(one)).stdout)
+    image = tmp_path / "one.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(one), str(image), "8M"], check=True)
+    for args, reason in (
+            ((str(report), str(two)), f"{report}: a report has no files to compare"),
+            ((str(image), str(two), "--backend", "guestfs"),
+             f"{image}: --files reads an image's tree through loop devices")):
+        proc = image_info("--diff", *args, "--files")
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.startswith(f"image-info: error: {reason}"), proc.stderr
+        assert len(proc.stderr.splitlines()) == 1
+    assert image_info(str(one), "--files").returncode == 2

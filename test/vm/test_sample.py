@@ -67,6 +67,14 @@ def test_image_info_diff_of_the_sample_and_another_hostname_is_that_change(
     assert json.loads(proc.stdout) == {"changes": [
         {"path": "hostname", "change": "changed", "old": default_image.hostname,
          "new": "renamed-host"}]}
+    # File by file (through loop devices): /etc/hostname's content and nothing else.
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--diff",
+                           str(default_image.path), str(other.path), "--files", "--json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["files"]
+    assert (found["added_files"], found["deleted_files"], list(found["differences"])) == \
+        ([], [], ["/etc/hostname"]), found
 
 
 def test_sbom_of_the_sample_is_valid_spdx_with_every_package_and_its_deb(
