@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
-from osbuild.image_info.tree import DPKG_STATUS, deb822
+from osbuild.image_info.tree import DPKG_STATUS, dpkg_installed
 from osbuild.image_info.treeview import Tree
 
 INFO = "var/lib/dpkg/info"
@@ -67,9 +67,7 @@ def _md5(view: Tree, path: str) -> str | None:
 
 def _installed(status: str) -> Iterator[tuple[str, str, list[tuple[str, str]]]]:
     """(name, architecture, [(conffile, md5)]) of each installed package."""
-    for fields in deb822(status):
-        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
-            continue
+    for fields in dpkg_installed(status):
         conffiles = []
         for line in fields.get("Conffiles", "").splitlines():
             words = line.split()

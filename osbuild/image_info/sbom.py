@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from osbuild.image_info import ImageInfoError
-from osbuild.image_info.tree import DPKG_STATUS, deb822
+from osbuild.image_info.tree import DPKG_STATUS, deb822, dpkg_installed
 from osbuild.image_info.treeview import Tree
 
 PATHS = ("usr/share/doc",)  # where copyright files are (a tarball's part to extract)
@@ -41,9 +41,7 @@ def packages(view: Tree) -> list[dict[str, Any]] | None:
     if status is None:
         return None
     found = []
-    for fields in deb822(status):
-        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
-            continue
+    for fields in dpkg_installed(status):
         name = fields["Package"]
         source, _, source_version = fields.get("Source", name).partition(" ")
         copyright_text = view.read_text(f"usr/share/doc/{name}/copyright")

@@ -109,20 +109,17 @@ def packages(tree: Tree) -> dict[str, Any]:
 
 
 def _dpkg_packages(status: str) -> list[dict[str, str]]:
-    packages = []
-    for stanza in re.split(r"\n\s*\n", status):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue  # continuation lines (descriptions, conffiles)
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-        state = fields.get("Status", "").split()
-        if "Package" not in fields or state[-1:] != ["installed"]:
-            continue
-        packages.append({"name": fields["Package"], "version": fields.get("Version", ""),
-                         "arch": fields.get("Architecture", "")})
+    packages = [{"name": f["Package"], "version": f.get("Version", ""),
+                 "arch": f.get("Architecture", "")} for f in dpkg_installed(status)]
     return sorted(packages, key=lambda p: (p["name"], p["arch"]))
+
+
+def dpkg_installed(status: str) -> list[dict[str, str]]:
+    """dpkg's status paragraphs of the installed packages (what the report, the SBOM and
+    --packages-verify list): not those removed with their config files left, or half
+    installed."""
+    return [fields for fields in deb822(status)
+            if "Package" in fields and fields.get("Status", "").split()[-1:] == ["installed"]]
 
 
 def _rpm_packages(tree: Tree) -> list[dict[str, str]] | None:
