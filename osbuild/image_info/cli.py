@@ -3,7 +3,7 @@
     image-info IMAGE|DIR|TARBALL [--packages-verify] [--backend auto|loop|guestfs] [--debug]
     image-info --diff A B [--files] [--json] [--backend ...]   (A, B: as above, or a report
                                                                *.json unless --files)
-    image-info --sbom spdx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
+    image-info --sbom spdx|cyclonedx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
 
 Errors are one line on stderr and exit status 1; a traceback only for an
 internal bug and only with --debug. Every scratch file, loop device and mount
@@ -51,8 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also check every installed file against dpkg's md5sums, "
                         "conffiles against dpkg's status, and list files under /usr no "
                         "package owns (reads every file: slower)")
-    parser.add_argument("--sbom", choices=["spdx"],
-                        help="print an SBOM of the installed packages instead (SPDX 2.3 JSON)")
+    parser.add_argument("--sbom", choices=["spdx", "cyclonedx"],
+                        help="print an SBOM of the installed packages instead (SPDX 2.3 or "
+                        "CycloneDX 1.6 JSON)")
     parser.add_argument("--build-metadata", metavar="OSBUILD_JSON", type=Path,
                         help="with --sbom: what `osbuild --json` printed for the build; "
                         "packages get the sha256 of their .deb")
@@ -211,7 +212,8 @@ def sbom_document(args: argparse.Namespace) -> str:
     report = inspect(args.target, args.backend, frozenset({"sbom"}))
     if "sbom-packages" not in report:
         raise ImageInfoError(f"{args.target}: no OS tree with a dpkg database to list")
-    return sboms.spdx(report, report.pop("sbom-packages"), args.target.name, sums)
+    make = sboms.spdx if args.sbom == "spdx" else sboms.cyclonedx
+    return make(report, report.pop("sbom-packages"), args.target.name, sums)
 
 
 def output(args: argparse.Namespace) -> str:

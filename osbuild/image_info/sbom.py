@@ -1,4 +1,4 @@
-"""image-info --sbom spdx: an SPDX 2.3 document of the packages an image has installed.
+"""image-info --sbom spdx|cyclonedx: an SBOM of the packages an image has installed.
 
 Each dpkg package becomes an SPDX package with its version, its
 architecture and distribution in a purl, its source package, and the license
@@ -7,8 +7,10 @@ DEP-5's short names are mostly not SPDX identifiers ("GPL-2+", "Expat"): the
 ones that mean an SPDX license are translated, any other becomes a
 LicenseRef of that package with the file's text for it. When the build's
 metadata (`osbuild --json`) is given, each package also gets the sha256 of the
-.deb it was installed from. The document is made, validated and written with
-spdx-tools, the SPDX project's own library (imported only for --sbom).
+.deb it was installed from. The SPDX 2.3 document is made, validated and
+written with spdx-tools, the SPDX project's own library; the CycloneDX 1.6 one
+says the same with cyclonedx-python-lib, CycloneDX's (both imported only for
+--sbom).
 """
 
 import datetime
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +34,7 @@ DEP5_NAMES = {"expat": "MIT", "mit/x11": "MIT", "artistic": "Artistic-1.0-Perl",
               "apache-2": "Apache-2.0", "psf-2": "PSF-2.0", "gpl": "GPL-1.0-or-later",
               "lgpl": "LGPL-2.0-or-later", "bsl-1": "BSL-1.0"}
 GNU = re.compile(r"^(GPL|LGPL|AGPL|GFDL)-(\d+)(\.\d+)?(\+)?$", re.I)
+NAMESPACE = "https://osbuild-deb.invalid"  # of document names: no one serves it
 NOT_IN_ID = re.compile(r"[^A-Za-z0-9.-]+")
 
 
@@ -154,6 +158,21 @@ def _created() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
+def _purl(package: dict[str, Any], osr: dict[str, Any]) -> str:
+    """The package URL of a Debian package: pkg:deb/<distro>/<name>@<version>?arch=&distro=."""
+    distro = str(osr.get("ID") or "debian").lower()
+    qualifier = f"&distro={quote(distro)}-{quote(osr['VERSION_ID'])}" \
+        if osr.get("VERSION_ID") else ""
+    return (f"pkg:deb/{quote(distro)}/{quote(package['name'])}@"
+            f"{quote(package['version'], safe='')}?arch={quote(package['arch'])}{qualifier}")
+
+
+def _homepage(package: dict[str, Any]) -> str | None:
+    """The Homepage field when it is a URL (some are not)."""
+    page = package["homepage"]
+    return page if page and re.match(r"^https?://\S+$", page) else None
+
+
 def spdx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
          sums: dict[tuple[str, str, str], str] | None = None) -> str:
     """The SPDX 2.3 JSON document of an image's report and its packages' facts."""
@@ -178,16 +197,13 @@ def spdx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
     osr = report.get("os-release") or {}
-    distro = str(osr.get("ID") or "debian").lower()
-    qualifier = f"&distro={quote(distro)}-{quote(osr['VERSION_ID'])}" \
-        if osr.get("VERSION_ID") else ""
     known = _spdx_ids()
     sums = sums or {}
     digest = hashlib.sha256(repr([(p["name"], p["version"], p["arch"]) for p in found])
                             .encode()).hexdigest()
     creation = CreationInfo(
         "SPDX-2.3", "SPDXRef-DOCUMENT", f"image-info SBOM of {name}",
-        f"https://osbuild-deb.invalid/spdx/{quote(name)}-{digest}",
+        f"{NAMESPACE}/spdx/{quote(name)}-{digest}",
         [Actor(ActorType.TOOL, "image-info (osbuild-deb)")], _created())
     image = Package("SPDXRef-Image", name, SpdxNoAssertion(), files_analyzed=False,
                     primary_package_purpose=PackagePurpose.OPERATING_SYSTEM,
@@ -211,11 +227,9 @@ def spdx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
                 extracted.append(ExtractedLicensingInfo(
                     ref, text or f"See /usr/share/doc/{p['name']}/copyright",
                     dep5_name, comment="a license name of the package's DEP-5 copyright"))
-        purl = (f"pkg:deb/{quote(distro)}/{quote(p['name'])}@{quote(p['version'], safe='')}"
-                f"?arch={quote(p['arch'])}{qualifier}")
+        purl = _purl(p, osr)
         sha256 = sums.get((p["name"], p["version"], p["arch"]))
-        homepage = p["homepage"] if p["homepage"] and re.match(
-            r"^https?://\S+$", p["homepage"]) else None
+        homepage = _homepage(p)
         pkgs.append(Package(
             spdx_id, p["name"], SpdxNoAssertion(), version=p["version"],
             files_analyzed=False, homepage=homepage,
@@ -240,3 +254,61 @@ def spdx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
         for ref in package.get("externalRefs", []):
             ref["referenceCategory"] = ref["referenceCategory"].replace("_", "-")
     return json.dumps(converted, indent=2, sort_keys=True) + "\n"
+
+
+def cyclonedx(report: dict[str, Any], found: list[dict[str, Any]], name: str,
+              sums: dict[tuple[str, str, str], str] | None = None) -> str:
+    """The same facts as a CycloneDX 1.6 JSON document, made and checked against
+    CycloneDX's schema with cyclonedx-python-lib, the CycloneDX project's library."""
+    from cyclonedx.model import (
+        ExternalReference,
+        ExternalReferenceType,
+        HashAlgorithm,
+        HashType,
+        Property,
+        XsUri,
+    )
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.license import LicenseExpression
+    from cyclonedx.model.tool import ToolRepository
+    from cyclonedx.output.json import JsonV1Dot6
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+    from spdx_tools.common.spdx_licensing import spdx_licensing
+
+    osr = report.get("os-release") or {}
+    known = _spdx_ids()
+    sums = sums or {}
+    digest = hashlib.sha256(repr([(p["name"], p["version"], p["arch"]) for p in found])
+                            .encode()).hexdigest()
+    image = Component(name=name, type=ComponentType.OPERATING_SYSTEM, bom_ref="image",
+                      version=osr.get("VERSION_ID"))
+    tool = Component(name="image-info (osbuild-deb)", type=ComponentType.APPLICATION)
+    serial = uuid.uuid5(uuid.NAMESPACE_URL, f"{NAMESPACE}/cyclonedx/{quote(name)}-{digest}")
+    bom = Bom(serial_number=serial, metadata=BomMetaData(
+        component=image, timestamp=_created(), tools=ToolRepository(components=[tool])))
+    for p in found:
+        licenses = p["licenses"]
+        expression = license_expression(licenses["declared"], p["name"], known, {}) \
+            if licenses else None
+        sha256 = sums.get((p["name"], p["version"], p["arch"]))
+        homepage = _homepage(p)
+        purl = _purl(p, osr)
+        bom.components.add(Component(
+            name=p["name"], version=p["version"], bom_ref=purl,
+            purl=PackageURL.from_string(purl),
+            licenses=[LicenseExpression(str(spdx_licensing.parse(expression)))]
+            if expression else None,
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha256)] if sha256 else None,
+            external_references=[ExternalReference(type=ExternalReferenceType.WEBSITE,
+                                                   url=XsUri(homepage))] if homepage else None,
+            properties=[Property(name="debian:source-package",
+                                 value=f"{p['source']} {p['source-version']}")]))
+    bom.register_dependency(image, list(bom.components))
+    text = JsonV1Dot6(bom).output_as_string(indent=2)
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    if error is not None:
+        raise AssertionError(f"the SBOM is not valid CycloneDX: {error}")
+    return json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"

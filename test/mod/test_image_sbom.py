@@ -1,4 +1,4 @@
-"""image-info --sbom spdx: the installed packages as an SPDX 2.3 document."""
+"""image-info --sbom spdx|cyclonedx: the installed packages as SPDX 2.3 and CycloneDX 1.6."""
 
 import json
 import os
@@ -69,12 +69,13 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-def sbom(*args: str, epoch: str | None = "1735689600") -> subprocess.CompletedProcess[str]:
+def sbom(*args: str, epoch: str | None = "1735689600", kind: str = "spdx"
+         ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("SOURCE_DATE_EPOCH", None)
     if epoch is not None:
         env["SOURCE_DATE_EPOCH"] = epoch
-    return subprocess.run([sys.executable, "-m", "osbuild.image_info", "--sbom", "spdx", *args],
+    return subprocess.run([sys.executable, "-m", "osbuild.image_info", "--sbom", kind, *args],
                           capture_output=True, text=True, cwd=ROOT, env=env)
 
 
@@ -153,3 +154,36 @@ def test_sbom_errors_are_one_line(tree: Path, tmp_path: Path) -> None:
                             "--build-metadata", "x.json"], capture_output=True, text=True,
                            cwd=ROOT)
     assert usage.returncode == 2 and "--build-metadata goes with --sbom" in usage.stderr
+
+
+def test_cyclonedx_says_the_same_with_purls_licenses_hashes_and_sources(
+        tree: Path, tmp_path: Path) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    metadata = tmp_path / "build.json"
+    metadata.write_text(json.dumps({"metadata": {"os": {"org.osbuild.debs": {"packages": [
+        {"name": "bash", "version": "5.2.37-2+b5", "architecture": "amd64",
+         "sha256": "ab" * 32}]}}}}))
+    proc = sbom(str(tree), "--build-metadata", str(metadata), kind="cyclonedx")
+    assert proc.returncode == 0, proc.stderr
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(proc.stdout) is None
+    doc = json.loads(proc.stdout)
+    assert (doc["bomFormat"], doc["specVersion"]) == ("CycloneDX", "1.6")
+    assert doc["metadata"]["timestamp"].startswith("2025-01-01T00:00:00")
+    assert doc["metadata"]["component"]["type"] == "operating-system"
+    by_name = {c["name"]: c for c in doc["components"]}
+    assert sorted(by_name) == ["bash", "libstdc++6", "tzdata"]
+    bash = by_name["bash"]
+    assert bash["purl"] == "pkg:deb/testos/bash@5.2.37-2%2Bb5?arch=amd64&distro=testos-1.2"
+    assert bash["licenses"] == [{"expression": (
+        "GPL-3.0-or-later AND LicenseRef-bash-GPL-3-plus-with-Bison-exception AND "
+        "((GPL-1.0-or-later OR Artistic-1.0-Perl) AND LicenseRef-bash-Powell-BSD-style)")}]
+    assert bash["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
+    assert bash["properties"] == [{"name": "debian:source-package", "value": "bash 5.2.37-2"}]
+    assert "licenses" not in by_name["tzdata"] and "hashes" not in by_name["tzdata"]
+    [image] = [d for d in doc["dependencies"] if d["ref"] == "image"]
+    assert sorted(image["dependsOn"]) == sorted(c["bom-ref"] for c in doc["components"])
+    # The same tree and epoch: the same document, serial number included.
+    again = sbom(str(tree), "--build-metadata", str(metadata), kind="cyclonedx")
+    assert again.stdout == proc.stdout
