@@ -157,10 +157,15 @@ class GuestfsBackend:
         elif self.call("is_file", guest):
             self.call("download", guest, str(local))
 
-    def tree(self) -> Tree:
+    def tree(self, whole: bool = False) -> Tree:
         dest = self.scratch / "tree"
         dest.mkdir()
-        for path in (*tree.PATHS, *bootloader.PATHS):
+        if whole:  # --packages-verify reads every installed file: one tar of all of it
+            archive = self.scratch / "tree.tar"
+            self.call("tar_out", "/", str(archive))
+            extract_tarball(archive, None, dest)
+            archive.unlink()
+        for path in () if whole else (*tree.PATHS, *bootloader.PATHS):
             self._fetch(path, dest)
         labels = {p: self.call("xattr", p, "security.selinux") for p in tree.LABELLED_FILES}
         return Tree(dest, labels=labels.get)

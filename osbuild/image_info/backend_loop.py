@@ -65,5 +65,5 @@ class LoopBackend:
     def read_text(self, path: str) -> str | None:
         return self.view.read_text(path)
 
-    def tree(self) -> Tree:
-        return self.view
+    def tree(self, whole: bool = False) -> Tree:
+        return self.view  # live: every file is there

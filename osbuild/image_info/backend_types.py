@@ -32,6 +32,7 @@ class Backend(Protocol):
 
     def read_text(self, path: str) -> str | None: ...
 
-    def tree(self) -> Tree:
-        """The mounted tree as a local Tree (live or a copy of what the report reads)."""
+    def tree(self, whole: bool = False) -> Tree:
+        """The mounted tree as a local Tree: live, or a copy of what the report reads
+        (`whole`: of every file, for a report that reads them all)."""
         ...

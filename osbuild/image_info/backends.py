@@ -117,8 +117,9 @@ def has_mountable(layout: Layout) -> bool:
     return any(fs.fstype in MOUNTABLE for fs in filesystems)
 
 
-def mount_os(backend: Backend, layout: Layout) -> Tree | None:
+def mount_os(backend: Backend, layout: Layout, whole: bool = False) -> Tree | None:
     """Mount the OS tree of `layout` (root first, then fstab's others); None if there is none.
+    `whole`: the report reads every file (a backend that copies copies them all).
 
     On a partitioned disk the root is the largest file system with an os-release;
     a bare file system image is the tree whether it has one or not.
@@ -165,7 +166,7 @@ def mount_os(backend: Backend, layout: Layout) -> Tree | None:
                 except MountFailed as exc:
                     warn(f"{target} (partition {part.number}) is not in the report: {exc}")
                 break
-    return backend.tree()
+    return backend.tree(whole)
 
 
 def _fstab(backend: Backend) -> list[tuple[str, str, str, str]]:

@@ -105,7 +105,8 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     boot = {**bootloader.bios(raw, disk), **bootloader.esp(raw, disk)}
     report["bootloader"] = bootloader.bootloader_name(disk, boot)
     report.update(boot)
-    view = mount_os(open_backend(backend, raw, stack), disk) if has_mountable(disk) else None
+    view = mount_os(open_backend(backend, raw, stack), disk, "packages-verify" in wants) \
+        if has_mountable(disk) else None
     if view is not None:
         report.update(tree_report(view, wants))
     report.update(discoverable.report(disk, report, view))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -104,3 +106,21 @@ def test_packages_verify_is_opt_in_and_needs_a_report(tmp_path: Path) -> None:
                            "--sbom", "spdx", str(tree)], capture_output=True, text=True,
                           cwd=ROOT)
     assert both.returncode == 2 and "--packages-verify goes with" in both.stderr
+
+
+@pytest.mark.slow
+def test_packages_verify_through_libguestfs_reads_every_file(tmp_path: Path) -> None:
+    """libguestfs copies out only what a report reads; --packages-verify needs all of it
+    (else every installed file would look missing)."""
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    image = tmp_path / "tree.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(image), "16M"], check=True)
+    reports = []
+    for target, backend in ((tree, "auto"), (image, "guestfs")):
+        proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--packages-verify",
+                               "--backend", backend, str(target)], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        reports.append(json.loads(proc.stdout)["packages-verify"])
+    assert reports[1] == reports[0]
