@@ -100,6 +100,14 @@ def test_sbom_of_the_sample_is_valid_spdx_with_every_package_and_its_deb(
     assert "LGPL-2.1-or-later" in systemd["licenseDeclared"]
     assert systemd["externalRefs"][0]["referenceLocator"].startswith(
         f"pkg:deb/debian/systemd@{systemd['versionInfo']}?arch=amd64&distro=debian-13")
+    # CycloneDX (checked against its schema by image-info): the same packages and .debs.
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--sbom", "cyclonedx",
+                           str(default_sample["image"]), "--build-metadata", str(result)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    components = json.loads(proc.stdout)["components"]
+    assert sorted((c["name"], c["version"], c["hashes"][0]["content"]) for c in components) == \
+        sorted((p["name"], p["version"], p["sha256"]) for p in built)
 
 
 def test_packages_verify_finds_the_samples_packages_intact(default_image: VMImage) -> None:
