@@ -1,7 +1,7 @@
 """image-info --diff --files: the files of two OS trees, compared as the goldens compare them.
 
-The comparison is verify.treediff's (the one test/cases' goldens are made
-with): added and removed paths, and per changed path its mode, owner, group,
+The comparison is treediff's (the one test/cases' goldens are made with,
+as verify.treediff): added and removed paths, and per changed path its mode, owner, group,
 sha256, symlink target, SELinux label and other xattrs; timestamps never.
 Listings come from where the attributes are true: a directory or an image's
 tree mounted through loop devices is walked live, and a tarball's members are
@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osbuild.image_info import ImageInfoError, source
-from verify import treediff
+from osbuild.image_info import ImageInfoError, source, treediff
 
 TAR_TYPES = {tarfile.REGTYPE: stat.S_IFREG, tarfile.AREGTYPE: stat.S_IFREG,
              tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
@@ -105,7 +104,7 @@ def live_listing(root: Path) -> dict[str, Any]:
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """verify.treediff's document; added paths with what they were created with."""
+    """treediff's document; added paths with what they were created with."""
     return treediff.diff_entries(before, after)
 
 
