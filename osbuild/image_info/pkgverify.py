@@ -7,18 +7,23 @@ filters it out: path-exclude, as for an image without docs), every conffile chan
 dpkg's status, and every file under /usr that no package, diversion or
 alternative accounts for (what someone put there by hand, or a maintainer
 script made). Files are named as dpkg names them; ownership goes through a
-merged /usr (a package's /bin/x is /usr/bin/x). Opt-in: it reads every
-installed file.
+merged /usr (a package's /bin/x is /usr/bin/x). An rpmdb in the tree is
+checked by the host's `rpm -Va` with --root (files changed, with rpm's
+attribute letters, and missing). Opt-in: it reads every installed file.
 """
 
 import fnmatch
 import hashlib
 import os
+import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-from osbuild.image_info.tree import DPKG_STATUS, dpkg_installed
+from osbuild.image_info import ImageInfoError
+from osbuild.image_info.tree import DPKG_STATUS, RPMDB_DIRS, dpkg_installed
 from osbuild.image_info.treeview import Tree
 
 INFO = "var/lib/dpkg/info"
@@ -110,10 +115,49 @@ def _alternative_links(view: Tree) -> set[str]:
 
 
 def report(view: Tree) -> dict[str, Any]:
-    """The "packages-verify" key, or {} for a tree without dpkg."""
+    """The "packages-verify" key: dpkg's packages checked, and an rpmdb's under "rpm";
+    {} for a tree without either."""
+    found: dict[str, Any] = {}
     status = view.read_text(DPKG_STATUS)
-    if status is None:
-        return {}
+    if status is not None:
+        found.update(_dpkg(view, status))
+    rpm = _rpm(view)
+    if rpm is not None:
+        found["rpm"] = rpm
+    return {"packages-verify": found} if found else {}
+
+
+# `rpm -V` lines: nine attribute letters (or "missing"), the file's kind, the path.
+RPM_LINE = re.compile(r"^(?P<attrs>missing|[.SM5DLUGTP?]{9})\s+(?:(?P<kind>[cdglr])\s+)?"
+                      r"(?P<path>/.*)$")
+RPM_KINDS = {"c": "config", "d": "doc", "g": "ghost", "l": "license", "r": "readme"}
+
+
+def _rpm(view: Tree) -> dict[str, Any] | None:
+    """`rpm -Va` of the tree's rpmdb with the host's rpm (None: no rpmdb, or no rpm here)."""
+    dbdir = next((d for d in RPMDB_DIRS if view.listdir(d)), None)
+    if dbdir is None or shutil.which("rpm") is None:
+        return None
+    proc = subprocess.run(["rpm", "--root", str(view.root), "--dbpath", f"/{dbdir}", "-Va",
+                           "--nodeps", "--noscripts"], capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    if errors:
+        raise ImageInfoError(f"rpm -Va on the tree's rpmdb ({dbdir}): {errors[0]}")
+    changed, missing = [], []
+    for line in proc.stdout.splitlines():
+        m = RPM_LINE.match(line)
+        if m is None:
+            continue
+        entry = {"path": m["path"], **({"kind": RPM_KINDS[m["kind"]]} if m["kind"] else {})}
+        if m["attrs"] == "missing":
+            missing.append(entry)
+        else:
+            changed.append({**entry, "attributes": m["attrs"]})
+    return {"changed": changed, "missing": missing}
+
+
+def _dpkg(view: Tree, status: str) -> dict[str, Any]:
+    """What debsums and `dpkg --verify` would say, and the files under /usr no one owns."""
     diversions = _diversions(view)
     owned = {_canonical(view, to) for to, _ in diversions.values()}
     owned |= {_canonical(view, link) for link in _alternative_links(view)}
@@ -141,10 +185,9 @@ def report(view: Tree) -> dict[str, Any]:
             actual = _md5(view, path)
             if actual is not None and actual != md5:
                 conffiles.append({"package": package, "path": path})
-    return {"packages-verify": {
-        "files-checked": checked, "files-filtered-out": filtered,
-        "changed": changed, "missing": missing,
-        "conffiles-changed": conffiles, "unowned-in-usr": _unowned(view, owned)}}
+    return {"files-checked": checked, "files-filtered-out": filtered,
+            "changed": changed, "missing": missing,
+            "conffiles-changed": conffiles, "unowned-in-usr": _unowned(view, owned)}
 
 
 def _unowned(view: Tree, owned: set[str]) -> list[str]:

@@ -4,6 +4,7 @@ cross-checked with the host's `dpkg --root --verify` on the same tree."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,54 @@ def test_packages_verify_through_libguestfs_reads_every_file(tmp_path: Path) -> 
         assert proc.returncode == 0, proc.stderr
         reports.append(json.loads(proc.stdout)["packages-verify"])
     assert reports[1] == reports[0]
+
+
+SPEC = """\
+Name: demo
+Version: 1.0
+Release: 1
+Summary: a package for image-info's rpm -Va
+License: MIT
+BuildArch: noarch
+%description
+Three files, one of them a config file.
+%install
+mkdir -p %{buildroot}/usr/share/demo %{buildroot}/etc
+echo hello > %{buildroot}/usr/share/demo/hello
+echo data > %{buildroot}/usr/share/demo/data
+echo setting=1 > %{buildroot}/etc/demo.conf
+%files
+/usr/share/demo/hello
+/usr/share/demo/data
+%config /etc/demo.conf
+"""
+
+
+@pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="ci/setup installs rpm")
+def test_rpm_tree_is_verified_with_rpm_va(tmp_path: Path) -> None:
+    """An rpm tree (no dpkg): its packages listed, and rpm -Va's verdict on its files."""
+    top, tree = tmp_path / "rpmbuild", tmp_path / "tree"
+    (top / "SPECS").mkdir(parents=True)
+    (top / "SPECS/demo.spec").write_text(SPEC)
+    subprocess.run(["rpmbuild", "--define", f"_topdir {top}", "-bb", str(top / "SPECS/demo.spec")],
+                   check=True, capture_output=True)
+    [package] = (top / "RPMS/noarch").glob("demo-1.0-1*.rpm")
+    rpm = ["rpm", "--root", str(tree), "--dbpath", "/var/lib/rpm"]
+    tree.mkdir()
+    subprocess.run([*rpm, "--initdb"], check=True)
+    subprocess.run([*rpm, "-i", "--nodeps", "--noscripts", str(package)], check=True)
+    write(tree, "usr/share/demo/hello", "changed\n")
+    (tree / "usr/share/demo/data").unlink()
+    write(tree, "etc/demo.conf", "setting=2\n")
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--packages-verify",
+                           str(tree)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["packages"] == [{"name": "demo", "version": "1.0-1", "arch": "noarch"}]
+    found = report["packages-verify"]
+    assert list(found) == ["rpm"]  # no dpkg database, no dpkg checks
+    changed = {c["path"]: c for c in found["rpm"]["changed"]}
+    assert sorted(changed) == ["/etc/demo.conf", "/usr/share/demo/hello"]
+    assert changed["/etc/demo.conf"]["kind"] == "config"
+    assert all("5" in c["attributes"] for c in changed.values())  # the digest differs
+    assert found["rpm"]["missing"] == [{"path": "/usr/share/demo/data"}]
