@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,7 +77,8 @@ def main() -> int:
                 ["virt-inspector", "-a", str(image)], GUESTFS_ENV)
         boot = subprocess.run([sys.executable, "-m", "verify.cli", str(image), "--login",
                                "root:debian", "--json"], capture_output=True, text=True)
-        metrics = json.loads(boot.stdout) if boot.stdout.strip() else {"reason": boot.stderr}
+        metrics: dict[str, Any] = (json.loads(boot.stdout) if boot.stdout.strip()
+                                   else {"reason": boot.stderr})
         if not args.skip_baseline:
             (work / "baseline").mkdir()
             results["baseline script"] = timed(

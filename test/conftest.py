@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -14,14 +15,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "test"))
 
-pytest_plugins = ["fileserver"]  # the `server` fixture: a local HTTP server
+# fileserver: the `server` fixture, a local HTTP server; guards: every test's hang
+# limit (by the markers set below) and the session's outcome for CI.
+pytest_plugins = ["fileserver", "guards"]
 
 import corpus  # noqa: E402  (after the sys.path set-up above)
 from harness import Osbuild  # noqa: E402
+from matrix import CELLS  # noqa: E402
 
 from osbuild.fsutil import remove_tree  # noqa: E402
 
 LIBDIR_PARTS = ("osbuild", "stages", "assemblers", "sources", "runners")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark boots and foreign builds: their hang limit is longer (test/guards.py)."""
+    for item in items:
+        if item.get_closest_marker("slow") and ROOT / "test/vm" in item.path.parents:
+            item.add_marker(pytest.mark.boot)
+        group = item.get_closest_marker("xdist_group")  # a golden case's matrix cell
+        cell = CELLS.get(str(group.args[0])) if group and group.args else None
+        if cell and cell.machine != platform.machine():
+            item.add_marker(pytest.mark.foreign)
 
 
 @pytest.fixture(scope="session")

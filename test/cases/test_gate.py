@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COPIED = ("ci", "stages", "assemblers", "osbuild", "test/cases", "verify", "test/matrix.py",
-          "test/elfprog.py")
+          "test/elfprog.py", "test/importgraph.py")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -91,6 +91,29 @@ def test_disk_module_change_runs_its_importers_also_through_other_modules(clone:
     assert {"org.osbuild.sfdisk", "org.osbuild.grub2.inst",
             "assemblers/org.osbuild.qemu"} <= set(cases)
     assert "org.osbuild.mkfs.fat" not in cases and "org.osbuild.mtools.copy" not in cases
+
+
+@pytest.mark.parametrize("module", ["osbuild/nativecalls.py", "osbuild/debfile.py"])
+def test_nativecalls_or_debfile_change_runs_the_debs_cases(clone: Path, module: str) -> None:
+    """Found through the stages' imports, never a list; the debs cases in every cell."""
+    text = (clone / module).read_text()
+    change(clone, module, {module: text.replace("\n", "\n# changed\n", 1)})
+    proc = gate(clone, "HEAD~1..HEAD")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stage-gate: {module} changed: " in proc.stdout
+    cases = selected(proc)
+    assert {"org.osbuild.debs", "org.osbuild.debs[debian13-arm64]"} <= set(cases), cases
+    assert "org.osbuild.locale" not in cases
+
+
+def test_engine_module_change_runs_only_the_smoke_set(clone: Path) -> None:
+    module = clone / "osbuild/pipeline.py"
+    change(clone, "pipeline", {"osbuild/pipeline.py": module.read_text() + "\n"})
+    proc = gate(clone, "HEAD~1..HEAD")
+    assert "stage-gate: osbuild/pipeline.py changed: no stage imports it" in proc.stdout
+    assert {c.split("[")[0] for c in selected(proc)} == {
+        "org.osbuild.hostname", "org.osbuild.users", "org.osbuild.mkfs.ext4",
+        "org.osbuild.qemu", "assemblers/org.osbuild.tar"}
 
 
 def test_new_stage_without_a_case_fails(clone: Path) -> None:

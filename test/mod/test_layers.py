@@ -6,26 +6,21 @@ import only the standard library and the toolkit; stages run tools through
 osbuild.tool.run, never subprocess themselves.
 """
 
-import ast
 import sys
 from pathlib import Path
 
 import pytest
+from importgraph import imports, module_name, reached
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "osbuild"
+# The toolkit as HACKING.md declares it; test_the_toolkit_is_what_the_stages_import
+# holds it to the stages' imports, which ci/stage-gate follows.
 TOOLKIT_MODULES = {"osbuild.api", "osbuild.stagelib", "osbuild.tool", "osbuild.debian",
                    "osbuild.architectures", "osbuild.debfile", "osbuild.nativecalls",
                    "osbuild.tarlib"}
 TOOLKIT_PACKAGES = ("osbuild.disk",)
 TOOLKIT_MAX_LINES = 375  # "about 350": one concern per module
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
 
 
 def engine_modules() -> dict[str, Path]:
@@ -35,26 +30,6 @@ def engine_modules() -> dict[str, Path]:
 def is_toolkit(name: str) -> bool:
     return name in TOOLKIT_MODULES or any(
         name == pkg or name.startswith(pkg + ".") for pkg in TOOLKIT_PACKAGES)
-
-
-def imports(path: Path, name: str) -> set[str]:
-    """Every module `path` imports, at any depth of the file, relative ones resolved."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            # `from pkg import mod` imports the module pkg.mod where there is one.
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
 
 
 def project_imports(path: Path, name: str, known: set[str]) -> set[str]:
@@ -148,6 +123,15 @@ def test_stages_use_the_toolkit(path: Path) -> None:
     assert "subprocess" not in found, f"{path.name} calls subprocess itself: use osbuild.tool.run"
     outside = sorted(m for m in found if not allowed_in_sandbox(m))
     assert not outside, f"{path.name} imports {outside}: stages may import the toolkit only"
+
+
+def test_the_toolkit_is_what_the_stages_import() -> None:
+    """Every toolkit module is run by some stage or assembler, and nothing else is."""
+    cache: dict[Path, set[Path]] = {}
+    used = {module_name(f) for path in executables() for f in reached(path, ROOT, cache)}
+    declared = {name for name in engine_modules() if is_toolkit(name)} | {"osbuild"}
+    assert used == declared, (f"declared, imported by no stage: {sorted(declared - used)}; "
+                              f"imported, not declared: {sorted(used - declared)}")
 
 
 def test_toolkit_modules_are_small() -> None:
