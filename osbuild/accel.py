@@ -2,9 +2,15 @@
 
 /dev/kvm can exist and still be useless: on some hosts a KVM guest runs a boot
 sector fine but hangs as soon as the Linux kernel takes over. So the probe
-boots a real kernel (the host's /boot/vmlinuz-*, no initrd) for a few seconds
-and requires it to get all the way to its "no root file system" panic, which
-takes about a second under KVM and three under TCG. Only then is KVM used.
+boots a real kernel (the host's newest /boot/vmlinuz-*, no initrd) and requires
+it to get all the way to its "no root file system" panic, which takes about a
+second under KVM and three under TCG. Only then is KVM used. A qemu that fails
+to start under KVM (on some hosts it asserts in kvm_buf_set_msrs) is told at
+once; a guest that hangs is given up after PROBE_SECONDS.
+
+The host's kernel, not the image's: it is the one image-info's appliance boots,
+it is there before any image is read, and the image's may be another
+architecture's (those boot under TCG anyway).
 
 OSBUILD_BOOT_ACCEL=kvm|tcg skips the probe.
 

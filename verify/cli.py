@@ -2,13 +2,16 @@
 
     osbuild-boot-test IMAGE [--timeout S] [--expect-hostname H] [--ssh-key K] [--uefi]
                             [--login USER:PASSWORD] [--run CMD]... [--http PORT[/PATH]]
-                            [--arch x86_64|aarch64|riscv64] [--json]
+                            [--arch x86_64|aarch64|riscv64] [--json] [--require-running]
 
 Exit 0 when the image boots to the org.osbuild.test marker or a login prompt
 (and passes the checks asked for), 1 with the reason, where the artifacts are
-and the serial console's tail otherwise, 2 on bad usage. The image is never
-changed (qemu -snapshot) and qemu is always stopped, also on Ctrl-C. With
---json, stdout gets the boot's metrics (verify.metrics), for a failed boot too.
+and the serial console's tail otherwise, 2 on bad usage. A system that came
+up `degraded` passes, its failed units named (the image may be someone
+else's); --require-running, for images whose failed unit is a bug, fails it.
+The image is never changed (qemu -snapshot) and qemu is always stopped, also
+on Ctrl-C. With --json, stdout gets the boot's metrics (verify.metrics), for
+a failed boot too.
 """
 
 import argparse
@@ -22,8 +25,9 @@ from types import FrameType
 
 from . import metrics
 from .arches import Arch, accelerator, lookup, names
+from .boot import failed_units
 from .console import ConsoleError
-from .qemu import BOOT_SECONDS, VM, VMError, console_tail, default_artifacts
+from .qemu import BOOT_SECONDS, VM, BootResult, VMError, console_tail, default_artifacts
 from .ssh import SSHError
 
 PROG = "osbuild-boot-test"
@@ -60,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the guest's architecture: x86_64 (default), aarch64 or riscv64 "
                         "(or amd64, arm64); foreign ones run under TCG")
     p.add_argument("--memory", type=int, default=1024, metavar="MIB")
+    p.add_argument("--require-running", action="store_true",
+                   help="fail unless `systemctl is-system-running` says running (by default "
+                        "degraded passes, naming the failed units): from the boot marker, "
+                        "or logged in (--login, --ssh-key) from the guest; without a login, "
+                        "wait for the marker, as a login prompt says nothing of the units")
     p.add_argument("--json", action="store_true",
                    help="print the boot's metrics as JSON on stdout: seconds to the boot "
                         "loader, the kernel, the login prompt and (logged in) a running "
@@ -130,6 +139,38 @@ def check(runner: Callable[[str], str] | None, vm: VM, args: argparse.Namespace,
     return None
 
 
+def system_state(result: BootResult, runner: Callable[[str], str] | None, wait: bool
+                 ) -> tuple[str | None, list[str]]:
+    """The system's state and failed units: from the boot marker, else asked in the guest,
+    which with `wait` first finishes starting up (None when neither tells)."""
+    if result.state is not None:
+        return result.state, failed_units(result)
+    if runner is None:
+        return None, []
+    wait_option = " --wait" if wait else ""
+    state = runner(f"systemctl is-system-running{wait_option} 2>/dev/null || true").strip()
+    failed = runner("systemctl list-units --failed --plain --no-legend --no-pager "
+                    "2>/dev/null || true")
+    return (state.splitlines()[-1] if state else None,
+            [line.split()[0] for line in failed.splitlines() if line.split()])
+
+
+def judge_state(args: argparse.Namespace, result: BootResult,
+                runner: Callable[[str], str] | None) -> str | None:
+    """Say the system's state and its failed units; the failure --require-running makes
+    of anything but running, or None."""
+    state, units = system_state(result, runner, wait=args.require_running)
+    failed = f" (failed: {', '.join(units)})" if units else ""
+    if state is not None:
+        print(f"{PROG}: system {state}{failed}", file=sys.stderr)
+    if not args.require_running or state == "running":
+        return None
+    if state is None:
+        return ("--require-running: neither a boot marker nor a login (--login, --ssh-key) "
+                "tells whether the system is running")
+    return f"the system is {state}, not running{failed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -141,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         with VM(args.image, uefi=args.uefi, arch=args.arch, memory=args.memory, accel=accel,
                 forwards=forwards, artifacts=args.artifacts or default_artifacts()) as vm:
-            result = vm.wait_boot(args.timeout)
+            # Without a login only the marker tells the system's state.
+            marker_only = args.require_running and not (args.ssh_key or args.login)
+            result = vm.wait_boot(args.timeout, until="marker" if marker_only else "any")
             if result.success and args.expect_hostname and result.hostname is None \
                     and not (args.ssh_key or args.login):
                 # Booted to the marker: the hostname comes with the login prompt (the
@@ -162,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed = check(runner, vm, args, hostname)
                 if args.json:
                     found = {**metrics.collect(vm, result, runner), "hostname": hostname}
+                failed = failed or judge_state(args, result, runner)
             except (SSHError, ConsoleError, VMError) as e:
                 failed = str(e)
             if args.json:

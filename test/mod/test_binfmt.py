@@ -3,9 +3,12 @@
 Real binfmt_misc and real qemu-user-static: tiny static programs for arm64 and
 riscv64 (an exit system call, made by test/elfprog.py) run on this amd64 host
 only while osbuild.binfmt.emulation() holds the handlers. Other tests may
-build foreign trees at the same time, so checks of the host's state are made
-only when no other build holds the handlers; each test-only handler has a name
-and magic of its own.
+build foreign trees at the same time (xdist workers), so the host's state is
+read under the engine's own lock (binfmt.MUTEX) and told apart from what builds
+hold: the handlers the engine registered are listed in binfmt.OURS, and its
+mount of binfmt_misc is marked by binfmt.MOUNTED, both changed only under that
+lock. The checks then hold whatever runs beside them; each test-only handler
+has a name and magic of its own.
 """
 
 import fcntl
@@ -13,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,21 +39,60 @@ def fake_handler(name: str) -> tuple[str, str]:
 PROGRAMS = {arch: exit_program(arch, 42) for arch in ("arm64", "riscv64")}
 
 
-def host_state() -> tuple[set[str], bool] | None:
-    """The host's handlers and whether binfmt_misc is mounted, when no other build holds
-    or is releasing the handlers (then that state is the host's own); else None."""
+@dataclass(frozen=True)
+class HostState:
+    """binfmt_misc as the engine's lock shows it at one moment."""
+
+    registered: frozenset[str]  # every handler, the host's and those builds hold
+    ours: frozenset[str]  # what the engine registered and still holds for builds
+    mounted: bool  # binfmt_misc is mounted
+    engine_mounted: bool  # ... by the engine, for builds
+    in_use: bool  # a build (this process or another) holds the handlers
+    ran: int | None = None  # what the program given to host_state() returned, under the lock
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """The host's own handlers: neither the engine's nor another test's stand-in host's."""
+        return frozenset(n for n in self.registered - self.ours
+                         if not n.startswith("osbuild-test-"))
+
+    @property
+    def host_mounted(self) -> bool:
+        return self.mounted and not self.engine_mounted
+
+
+def host_state(program: Path | None = None) -> HostState:
+    """A snapshot taken under binfmt.MUTEX, the lock emulation() changes everything under;
+    with `program`, what it returns when run at that moment."""
     binfmt.STATE.mkdir(parents=True, exist_ok=True)
     mutex = os.open(binfmt.STATE / binfmt.MUTEX, os.O_RDWR | os.O_CREAT)
     users = os.open(binfmt.STATE / binfmt.USERS, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(mutex, fcntl.LOCK_EX)
-        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return binfmt.registered(), (binfmt.BINFMT_MISC / "register").exists()
-    except BlockingIOError:
-        return None
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            in_use = False
+        except BlockingIOError:
+            in_use = True
+        ours = binfmt.STATE / binfmt.OURS
+        return HostState(frozenset(binfmt.registered()),
+                         frozenset(ours.read_text().split() if ours.exists() else ()),
+                         (binfmt.BINFMT_MISC / "register").exists(),
+                         (binfmt.STATE / binfmt.MOUNTED).exists(), in_use,
+                         run(program) if program else None)
     finally:
-        os.close(users)
+        os.close(users)  # closing drops the locks
         os.close(mutex)
+
+
+def assert_released(state: HostState, names: set[str]) -> None:
+    """After a build let go: each of `names` the host lacked is gone, or another build holds
+    it; with no build left, the engine holds nothing at all."""
+    for name in names - state.hosts:
+        assert name not in state.registered or (state.in_use and name in state.ours), \
+            f"{name} is still registered: {state}"
+    if not state.in_use:
+        assert not state.ours and not state.engine_mounted, f"nobody holds them: {state}"
 
 
 def run(path: Path) -> int:
@@ -81,20 +124,23 @@ def test_foreign_programs_run_while_emulation_is_held(programs: dict[str, Path])
             assert "flags: " in flags and "F" in flags.split("flags: ")[1].split()[0]
         for arch, path in programs.items():
             assert run(path) == 42, arch
-    after = host_state()
-    if before and after:
-        assert after == before
-        assert {"qemu-aarch64", "qemu-riscv64"} & before[0] or run(programs["arm64"]) != 42
+    after = host_state(programs["arm64"])
+    assert (after.hosts, after.host_mounted) == (before.hosts, before.host_mounted)
+    assert_released(after, {"qemu-aarch64", "qemu-riscv64"})
+    # What the handlers' absence means, seen while nobody can register them again.
+    assert after.ran == (42 if "qemu-aarch64" in after.registered else -1), after
 
 
 def test_a_handler_the_host_lacks_is_removed_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
     name, line = fake_handler("osbuild-test-lacked")
     monkeypatch.setattr(binfmt, "available_handlers", lambda: {name: line})
+    before = host_state()
     with binfmt.emulation() as names:
         assert name in names
     after = host_state()
-    if after:
-        assert name not in after[0]
+    assert name not in before.registered
+    assert_released(after, {name})
+    assert (after.hosts, after.host_mounted) == (before.hosts, before.host_mounted)
 
 
 def test_a_handler_the_host_had_is_left_as_found(monkeypatch: pytest.MonkeyPatch) -> None:

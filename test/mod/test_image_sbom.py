@@ -1,5 +1,6 @@
 """image-info --sbom spdx|cyclonedx: the installed packages as SPDX 2.3 and CycloneDX 1.6."""
 
+import datetime
 import json
 import os
 import subprocess
@@ -130,8 +131,11 @@ def test_sbom_is_the_same_for_the_same_tree_and_epoch_and_reads_tarballs(
     assert licenses == {p["name"]: p.get("licenseDeclared")
                         for p in json.loads(first.stdout)["packages"]
                         if p["name"] != "tree"} | {"tree.tar": None}
-    # Without SOURCE_DATE_EPOCH the document is dated now.
-    assert json.loads(sbom(str(tree), epoch=None).stdout)["creationInfo"]["created"] > "2026"
+    # Without SOURCE_DATE_EPOCH the document is dated now: within the run, to the second.
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    created = json.loads(sbom(str(tree), epoch=None).stdout)["creationInfo"]["created"]
+    end = datetime.datetime.now(datetime.UTC)
+    assert start <= datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z") <= end, created
 
 
 def test_sbom_errors_are_one_line(tree: Path, tmp_path: Path) -> None:
