@@ -18,6 +18,8 @@ Modules, one concern each:
   BLS entries; vercmp: rpm's version comparison that orders them.
 - treeview: safe, chroot-like reads from an OS tree that may hold hostile symlinks.
 - tree: everything read from the OS tree (packages, os-release, services, ...).
+- failures: the report's "errors": where a reader could not look (its tool
+  failed, a file was unreadable), never reported as "nothing there".
 - backends, backend_loop, backend_guestfs (+ guestfs_server): how file systems
   inside an image are reached: loop devices as root, libguestfs without root;
   backend_types: the Backend protocol all three share.

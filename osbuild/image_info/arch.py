@@ -68,14 +68,16 @@ def _head(tree: Tree, path: str, size: int) -> bytes | None:
         return None
     try:
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    except OSError as exc:
+        tree.note_failure(path, exc)  # unreadable is not "no ELF": the report says so
         return None
     try:
         # Checked on the descriptor: the name may have been swapped since lresolve.
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         return os.pread(fd, size, 0)
-    except OSError:
+    except OSError as exc:
+        tree.note_failure(path, exc)
         return None
     finally:
         os.close(fd)

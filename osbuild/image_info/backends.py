@@ -11,12 +11,13 @@ the usual layouts), and a bare file system image is the tree with or without
 one; then the root's fstab says where the other partitions belong (/boot,
 /var, ...), and those that can be mounted are mounted there.
 FAT file systems (the ESP) are not mounted: this kernel has no vfat driver,
-and the ESP is read with mtools instead (see bootloader).
+and the ESP is read with mtools instead (see bootloader). A file system that
+does not mount is not silently left out: mount_os returns why, for the
+report's "errors" (what it held is missing from the tree).
 """
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 from osbuild.image_info import ImageInfoError
@@ -117,8 +118,10 @@ def has_mountable(layout: Layout) -> bool:
     return any(fs.fstype in MOUNTABLE for fs in filesystems)
 
 
-def mount_os(backend: Backend, layout: Layout, whole: bool = False) -> Tree | None:
-    """Mount the OS tree of `layout` (root first, then fstab's others); None if there is none.
+def mount_os(backend: Backend, layout: Layout, whole: bool = False
+             ) -> tuple[Tree | None, list[str]]:
+    """Mount the OS tree of `layout` (root first, then fstab's others): the tree (None if
+    there is none) and the file systems that would not mount, one line each.
     `whole`: the report reads every file (a backend that copies copies them all).
 
     On a partitioned disk the root is the largest file system with an os-release;
@@ -131,11 +134,13 @@ def mount_os(backend: Backend, layout: Layout, whole: bool = False) -> Tree | No
         candidates = [(p, p.fs) for p in parts]
     candidates = [(p, fs) for p, fs in candidates if fs.fstype in MOUNTABLE]
     root = None
+    failed: list[str] = []
     for part, fs in candidates:
         try:
             unmount = _mount(backend, part, fs, "/", [])
         except MountFailed as exc:
-            warn(str(exc))
+            where = "the image" if part is None else f"partition {part.number}"
+            failed.append(f"{exc} ({where}: it may have held the tree)")
             continue
         if _is_root(backend):
             root = part
@@ -153,7 +158,7 @@ def mount_os(backend: Backend, layout: Layout, whole: bool = False) -> Tree | No
             break
         unmount()
     else:
-        return None
+        return None, failed
     for source, target, _vfstype, options in _fstab(backend):
         if target == "/" or not target.startswith("/"):
             continue
@@ -164,16 +169,13 @@ def mount_os(backend: Backend, layout: Layout, whole: bool = False) -> Tree | No
                 try:
                     _mount(backend, part, part.fs, target, _subvol(options))
                 except MountFailed as exc:
-                    warn(f"{target} (partition {part.number}) is not in the report: {exc}")
+                    failed.append(f"{exc} ({target}, partition {part.number}, is not in "
+                                  "the report)")
                 break
-    return backend.tree(whole)
+    return backend.tree(whole), failed
 
 
 def _fstab(backend: Backend) -> list[tuple[str, str, str, str]]:
     entries = fstab_entries(backend.read_text("etc/fstab") or "")
     # Parents before children: /var before /var/log.
     return sorted(entries, key=lambda e: e[1].count("/") if e[1] != "/" else 0)
-
-
-def warn(message: str) -> None:
-    print(f"image-info: warning: {message}", file=sys.stderr)

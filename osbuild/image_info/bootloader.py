@@ -3,20 +3,21 @@
 The BIOS check is upstream's: the sha256 of the MBR boot code (bytes [0, 440))
 and of the gap between the MBR and the first partition, where GRUB embeds its
 core.img (bytes [512, first partition start)). The ESP is read with mtools
-straight from the raw image (no vfat driver or mount needed). grub.cfg and BLS
+straight from the raw image (no vfat driver or mount needed); an ESP mtools
+cannot read is an error of the report, not an empty ESP. grub.cfg and BLS
 entries are read from the OS tree.
 """
 
 import hashlib
 import os
 import shlex
-import subprocess
 from functools import cmp_to_key
 from pathlib import Path
 from typing import Any
 
 from osbuild.image_info.arch import pe_machine
-from osbuild.image_info.disk import Layout, Partition, run
+from osbuild.image_info.disk import Layout, Partition
+from osbuild.image_info.failures import CouldNotLook, run
 from osbuild.image_info.treeview import Tree
 from osbuild.image_info.vercmp import evrcmp
 
@@ -77,19 +78,16 @@ def _mtools_env() -> dict[str, str]:
 
 
 def _esp_files(image: Path, part: Partition) -> list[str]:
-    target = f"{image}@@{part.start}"
-    proc = subprocess.run(["mdir", "-i", target, "-/", "-b", "::/"], capture_output=True,
-                          text=True, env=_mtools_env(), check=False)
-    if proc.returncode != 0:
-        return []
+    """Every file on the ESP; CouldNotLook if mdir cannot read it (never an empty list)."""
+    proc = run(["mdir", "-i", f"{image}@@{part.start}", "-/", "-b", "::/"],
+               f"partition {part.number}", text=True, env=_mtools_env())
     return sorted(line.removeprefix("::") for line in proc.stdout.splitlines()
                   if line.startswith("::/") and not line.endswith("/"))
 
 
-def _esp_read(image: Path, part: Partition, path: str) -> bytes | None:
-    proc = subprocess.run(["mcopy", "-n", "-i", f"{image}@@{part.start}", f"::{path}", "-"],
-                          capture_output=True, env=_mtools_env(), check=False)
-    return proc.stdout if proc.returncode == 0 else None
+def _esp_read(image: Path, part: Partition, path: str) -> bytes:
+    return run(["mcopy", "-n", "-i", f"{image}@@{part.start}", f"::{path}", "-"],
+               f"{path} on partition {part.number}", env=_mtools_env()).stdout
 
 
 def esp(image: Path, layout: Layout) -> dict[str, Any]:
@@ -97,18 +95,29 @@ def esp(image: Path, layout: Layout) -> dict[str, Any]:
 
     "efi-binaries" gives each *.efi file's machine type from its PE header (null
     when it is none): firmware starts only its own, so a BOOTAA64.EFI on an x86_64
-    image, or an arm64 GRUB under the x86_64 name, is what this shows.
+    image, or an arm64 GRUB under the x86_64 name, is what this shows. A partition
+    mtools cannot list is left out and a file it cannot copy has a null sha256: both
+    are CouldNotLook's problems (the report's "errors"), with what was read.
     """
     found = []
-    run(["mdir", "--version"], "reading the ESP")  # one clear error if mtools is missing
+    problems: list[str] = []
     for part in layout.partitions or []:
         if part.type not in ESP_TYPES or part.fs.fstype != "vfat":
+            continue
+        try:
+            paths = _esp_files(image, part)
+        except CouldNotLook as exc:
+            problems += exc.problems
             continue
         files: dict[str, str | None] = {}
         texts: dict[str, list[str]] = {}
         machines: dict[str, str | None] = {}
-        for path in _esp_files(image, part):
-            data = _esp_read(image, part, path)
+        for path in paths:
+            data: bytes | None = None
+            try:
+                data = _esp_read(image, part, path)
+            except CouldNotLook as exc:
+                problems += exc.problems
             files[path] = None if data is None else hashlib.sha256(data).hexdigest()
             if path.lower().endswith(".efi"):
                 machines[path] = None if data is None else pe_machine(data)
@@ -117,7 +126,10 @@ def esp(image: Path, layout: Layout) -> dict[str, Any]:
                 texts[path] = data.decode("utf-8", errors="replace").splitlines()
         found.append({"partition": part.number, "label": part.fs.label, "uuid": part.fs.uuid,
                       "files": files, "configs": texts, "efi-binaries": machines})
-    return {"esp": found} if found else {}
+    report = {"esp": found} if found else {}
+    if problems:
+        raise CouldNotLook(problems, report)
+    return report
 
 
 def _menu_lines(text: str) -> list[list[str]]:

@@ -6,8 +6,12 @@
     image-info --sbom spdx|cyclonedx IMAGE|DIR|TARBALL [--build-metadata OSBUILD_JSON]
 
 Errors are one line on stderr and exit status 1; a traceback only for an
-internal bug and only with --debug. Every scratch file, loop device and mount
-lives in one ExitStack, so nothing is left behind, also on Ctrl-C.
+internal bug and only with --debug. Where a reader could not look (a tool
+failed, a file was unreadable) the report lists it under "errors" and says so
+on stderr as a warning; when that reader is the view asked for
+(--packages-verify, --sbom), the exit status is 1 as well. Every scratch
+file, loop device and mount lives in one ExitStack, so nothing is left
+behind, also on Ctrl-C.
 """
 
 import argparse
@@ -17,12 +21,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from osbuild.errors import OsbuildError
 from osbuild.image_info import ImageInfoError, bootloader, discoverable, pkgverify, source, tree
 from osbuild.image_info import diff as report_diff
+from osbuild.image_info import failures as fail
 from osbuild.image_info import files as tree_files
 from osbuild.image_info import sbom as sboms
 from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
@@ -31,6 +37,9 @@ from osbuild.image_info.treeview import Tree
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
+EXIT_INCOMPLETE = 1  # the view asked for could not be read in full
+# The reader (report key) behind each view a flag asks for.
+VIEWS = {"packages-verify": "packages-verify", "sbom": "sbom-packages"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,14 +89,18 @@ def tree_report(view: Tree, wants: frozenset[str] = frozenset()) -> dict[str, An
     for besides: "packages-verify", "sbom" (what an SBOM says of each package)."""
     report = tree.report(view)
     if "packages-verify" in wants:
-        report.update(pkgverify.report(view))
-    found = sboms.packages(view) if "sbom" in wants else None
-    if found is not None:
-        report["sbom-packages"] = found
-    report.update(bootloader.grub_menu(view))
-    report.update(bootloader.bootmenu(view))
-    report.update(bootloader.boot_environment(view))
+        fail.gather(report, "packages-verify", partial(pkgverify.report, view), view)
+    if "sbom" in wants:
+        fail.gather(report, "sbom-packages", partial(_sbom_packages, view), view)
+    fail.gather(report, "grub-menu", partial(bootloader.grub_menu, view), view)
+    fail.gather(report, "bootmenu", partial(bootloader.bootmenu, view), view)
+    fail.gather(report, "boot-environment", partial(bootloader.boot_environment, view), view)
     return report
+
+
+def _sbom_packages(view: Tree) -> dict[str, Any]:
+    found = sboms.packages(view)
+    return {} if found is None else {"sbom-packages": found}
 
 
 def image_report(path: Path, compression: list[str] | None, backend: str,
@@ -102,14 +115,18 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     report: dict[str, Any] = {"image-format": fmt}
     disk = read_layout(raw, name=path)
     report.update(disk.report())
-    boot = {**bootloader.bios(raw, disk), **bootloader.esp(raw, disk)}
+    boot = bootloader.bios(raw, disk)
+    fail.gather(boot, "esp", partial(bootloader.esp, raw, disk))
     report["bootloader"] = bootloader.bootloader_name(disk, boot)
-    report.update(boot)
-    view = mount_os(open_backend(backend, raw, stack), disk, "packages-verify" in wants) \
-        if has_mountable(disk) else None
+    fail.merge(report, boot)
+    view, unmounted = mount_os(open_backend(backend, raw, stack), disk,
+                               "packages-verify" in wants) if has_mountable(disk) else (None, [])
+    for problem in disk.problems + unmounted:
+        fail.record(report, "partitions", problem)
     if view is not None:
-        report.update(tree_report(view, wants))
-    report.update(discoverable.report(disk, report, view))
+        fail.merge(report, tree_report(view, wants))
+    fail.gather(report, "discoverable-partitions",
+                partial(discoverable.report, disk, report, view), view)
     return report, view
 
 
@@ -191,6 +208,8 @@ def diff_document(args: argparse.Namespace) -> str:
             file_changes = tree_files.diff(old_files, new_files)
         else:
             old, new = (load_report(path, args.backend) for path in args.diff)
+    for path, report in zip(args.diff, (old, new), strict=True):
+        incomplete(path, report)  # its errors are in the diff too, if only one has them
     changes = report_diff.diff(old, new)
     if args.json:
         doc: dict[str, Any] = {"changes": changes}
@@ -211,21 +230,44 @@ def sbom_document(args: argparse.Namespace) -> str:
             raise ImageInfoError(f"{args.build_metadata}: not what osbuild --json printed: "
                                  f"{exc}") from None
     report = inspect(args.target, args.backend, frozenset({"sbom"}))
+    incomplete(args.target, report, "sbom")
     if "sbom-packages" not in report:
         raise ImageInfoError(f"{args.target}: no OS tree with a dpkg database to list")
     make = sboms.spdx if args.sbom == "spdx" else sboms.cyclonedx
     return make(report, report.pop("sbom-packages"), args.target.name, sums)
 
 
-def output(args: argparse.Namespace) -> str:
-    """What image-info prints for these arguments."""
+def incomplete(target: Path, report: dict[str, Any], view: str | None = None) -> str | None:
+    """Warn of each error in `report` but those of `view` (the one asked for); the one line
+    that says that view is incomplete, or None. (--sbom has nothing to print then: raised.)"""
+    reader = VIEWS.get(view or "")
+    for error in report.get(fail.ERRORS, []):
+        if error["reader"] != reader:
+            print(f"image-info: warning: {target}: {error['reader']}: could not look: "
+                  f"{error['error']}", file=sys.stderr)
+    problems = fail.of_view(report, reader) if reader else []
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more: the report's \"errors\")" \
+        if len(problems) > 1 else ""
+    line = f"{target}: --{view} could not read everything: {problems[0]}{more}"
+    if view == "sbom":
+        raise ImageInfoError(line)
+    return line
+
+
+def output(args: argparse.Namespace) -> tuple[str, str | None]:
+    """What image-info prints for these arguments, and the error line that goes with it
+    (the report is printed, but the view asked for is incomplete)."""
     if args.sbom:
-        return sbom_document(args)
+        return sbom_document(args), None
     if args.diff is None:
         wants = frozenset({"packages-verify"} if args.packages_verify else ())
         report = inspect(args.target, args.backend, wants)
-        return json.dumps(report, indent=2, sort_keys=True) + "\n"
-    return diff_document(args)
+        failed = incomplete(args.target, report,
+                            "packages-verify" if args.packages_verify else None)
+        return json.dumps(report, indent=2, sort_keys=True) + "\n", failed
+    return diff_document(args), None
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -237,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        text = output(args)
+        text, failed = output(args)
     except OsbuildError as exc:
         print(f"image-info: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -257,4 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader is gone (`| head`): not worth a traceback at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    if failed is not None:
+        print(f"image-info: error: {failed}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0

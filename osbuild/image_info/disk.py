@@ -8,13 +8,16 @@ import json
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from osbuild.image_info import ImageInfoError
 
 SECTOR = 512
+# blkid's exit statuses that are an answer: found (0), nothing there (2). 4 is an error,
+# 8 "ambivalent" (two superblocks): the file system is then unknown, not absent.
+BLKID_ANSWERS = (0, 2)
 # What `image-info` can read through qemu-img; anything else is not a disk image.
 IMAGE_FORMATS = ("raw", "qcow2", "qcow", "vmdk", "vpc", "vdi", "vhdx")
 
@@ -91,6 +94,8 @@ class Layout:
     ptid: str | None = None
     partitions: list[Partition] | None = None
     filesystem: Filesystem | None = None
+    # Where blkid could not tell what a partition holds (the report's "errors").
+    problems: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         if self.pttype is None:
@@ -107,8 +112,10 @@ def _unescape_export(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
 
 
-def _blkid(image: Path, offset: int = 0, size: int | None = None) -> dict[str, str]:
-    """What blkid's low-level probe finds at `offset` (for `size` bytes) of `image`."""
+def _blkid(image: Path, offset: int = 0, size: int | None = None
+           ) -> tuple[dict[str, str], str | None]:
+    """What blkid's low-level probe finds at `offset` (for `size` bytes) of `image`, and
+    why it could not tell (None when it could)."""
     cmd = ["blkid", "-p", "-o", "export", "-O", str(offset)]
     if size is not None:
         cmd += ["-S", str(size)]
@@ -118,7 +125,10 @@ def _blkid(image: Path, offset: int = 0, size: int | None = None) -> dict[str, s
         key, sep, value = line.partition("=")
         if sep:
             values[key] = _unescape_export(value)
-    return values
+    if proc.returncode in BLKID_ANSWERS:
+        return values, None
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    return values, lines[-1] if lines else f"blkid exited with status {proc.returncode}"
 
 
 def _filesystem(values: dict[str, str]) -> Filesystem:
@@ -128,7 +138,7 @@ def _filesystem(values: dict[str, str]) -> Filesystem:
 
 def probe(image: Path, offset: int = 0, size: int | None = None) -> Filesystem:
     """The file system at `offset` (for `size` bytes) of `image`, by its superblock."""
-    return _filesystem(_blkid(image, offset, size))
+    return _filesystem(_blkid(image, offset, size)[0])
 
 
 def _number(node: str, device: str) -> int:
@@ -152,7 +162,7 @@ def layout(image: Path, name: Path | None = None) -> Layout:
     """
     name = name or image
     size = os.stat(image).st_size
-    whole = _blkid(image)
+    whole, unclear = _blkid(image)
     fs = _filesystem(whole)
     # A FAT boot sector ends in 0x55AA like an MBR, so sfdisk takes a bare FAT file
     # system for an empty dos table; blkid tells the two apart.
@@ -161,14 +171,17 @@ def layout(image: Path, name: Path | None = None) -> Layout:
     proc = run(["sfdisk", "--json", str(image)], f"{name}", check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         if fs.fstype is None:
-            raise ImageInfoError(
-                f"{name}: no partition table and no file system found (unknown format)"
-            )
+            # Say why, where a tool said so: a table sfdisk cannot read, two superblocks.
+            why = [line.strip() for line in proc.stderr.splitlines() if line.strip()] \
+                if "PTTYPE" in whole else [unclear] if unclear else []
+            raise ImageInfoError(f"{name}: {why[-1]}" if why else
+                                 f"{name}: no partition table and no file system found "
+                                 "(unknown format)")
         return Layout(size=size, filesystem=fs)
     table = json.loads(proc.stdout)["partitiontable"]
     sector = int(table.get("sectorsize", SECTOR))
     label, ptid = table["label"], table.get("id")
-    parts = []
+    parts, problems = [], []
     for entry in table.get("partitions", []):
         number = _number(entry["node"], table.get("device", str(image)))
         start, length = entry["start"] * sector, entry["size"] * sector
@@ -178,7 +191,10 @@ def layout(image: Path, name: Path | None = None) -> Layout:
             partuuid = entry.get("uuid", "").lower() or None
         # An extended partition is a container, not a file system.
         extended = label == "dos" and entry["type"] in ("5", "f", "85")
-        fs = Filesystem(None, None, None) if extended else probe(image, start, length)
+        values, unclear = ({}, None) if extended else _blkid(image, start, length)
+        if unclear is not None:
+            problems.append(f"{unclear} (partition {number})")
+        fs = _filesystem(values)
         parts.append(
             Partition(
                 number=number,
@@ -193,4 +209,4 @@ def layout(image: Path, name: Path | None = None) -> Layout:
                 attrs=entry.get("attrs", ""),
             )
         )
-    return Layout(size=size, pttype=label, ptid=ptid, partitions=parts)
+    return Layout(size=size, pttype=label, ptid=ptid, partitions=parts, problems=problems)

@@ -14,6 +14,7 @@ All scratch space is in one ExitStack, so it is removed whatever happens.
 """
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -35,6 +36,9 @@ COMPRESSIONS: list[tuple[bytes, list[str]]] = [
     (b"BZh", ["bzip2", "-dc"]),
 ]
 TAR_MAGIC_OFFSET = 257
+# How a member fails that clashes with another one (a file where a directory is).
+CLASHES = (errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.ELOOP,
+           errno.ENOENT)
 SELINUX_PAX_KEYS = ("SCHILY.xattr.security.selinux", "RHT.security.selinux")
 # "tar", not the stricter "data": a tree's absolute symlinks are kept (and resolved
 # inside the tree by treeview). Pythons before 3.11.4 have no filters: see _stays_inside.
@@ -198,8 +202,15 @@ def extract_tarball(
                 try:
                     # set_attrs=False: files stay readable and removable without root.
                     archive.extract(member, dest, set_attrs=False, **FILTER)
-                except (tarfile.TarError, OSError):
-                    continue  # a member that would leave dest, or clash: not ours to read
+                except tarfile.TarError:
+                    continue  # a member that would leave dest: not ours to read
+                except OSError as exc:
+                    if exc.errno in CLASHES:
+                        continue  # it clashes with another member: the tree has one of them
+                    # Scratch space full, an I/O error: the tree would lack what follows,
+                    # and the report would say "not there" of what it never saw.
+                    raise ImageInfoError(f"{path}: cannot extract /{name}: "
+                                         f"{exc.strerror or exc}") from None
                 extracted.add(name)
     except tarfile.TarError as exc:
         raise ImageInfoError(f"{path}: not a readable tarball: {exc}") from None

@@ -2,26 +2,30 @@
 
 Each reader takes a Tree (chroot-like, see treeview) and returns the report
 keys it knows about, or nothing when the tree lacks the file: a key that is
-absent means "not there", never "empty". Key names are upstream image-info's;
+absent means "not there", never "empty". A reader that could not look (its
+tool failed, a file was unreadable) raises CouldNotLook or leaves the failure
+in the Tree, and the report's "errors" name it (see failures). Key names are
+upstream image-info's;
 Debian's own files (dpkg status, /etc/default/*, apt sources) add keys.
 
 systemd's enablement state is computed from the unit symlinks and [Install]
 sections, as `systemctl list-unit-files` would, so no systemd is needed and
 nothing from the tree is executed. The only tool run is rpm (against the
-tree's rpmdb with --dbpath), and only when the tree has an rpmdb.
+tree's rpmdb with --dbpath), and only when the tree has an rpmdb; when it
+fails, or is not installed here, the report's "errors" say so (see failures).
 """
 
 import re
 import shlex
-import shutil
-import subprocess
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from xml.etree import ElementTree
 
 import yaml
 
 from osbuild.image_info import arch
+from osbuild.image_info.failures import CouldNotLook, gather, run
 from osbuild.image_info.treeview import Tree
 
 DPKG_STATUS = "var/lib/dpkg/status"
@@ -102,9 +106,13 @@ def packages(tree: Tree) -> dict[str, Any]:
     status = tree.read_text(DPKG_STATUS)
     if status is not None:
         found["packages"] = _dpkg_packages(status)
-    rpm = _rpm_packages(tree)
+    key = "packages-rpm" if "packages" in found else "packages"
+    try:
+        rpm = _rpm_packages(tree)
+    except CouldNotLook as exc:
+        raise CouldNotLook(exc.problems, found, key) from None
     if rpm is not None:
-        found["packages-rpm" if "packages" in found else "packages"] = rpm
+        found[key] = rpm
     return found
 
 
@@ -123,15 +131,14 @@ def dpkg_installed(status: str) -> list[dict[str, str]]:
 
 
 def _rpm_packages(tree: Tree) -> list[dict[str, str]] | None:
+    """The rpmdb's packages (None: no rpmdb); CouldNotLook if rpm cannot list them."""
     dbdir = next((d for d in RPMDB_DIRS if tree.listdir(d)), None)
-    if dbdir is None or shutil.which("rpm") is None:
+    if dbdir is None:
         return None
     host = tree.resolve(dbdir)
     query = "%{NAME}\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\t%{ARCH}\n"
-    proc = subprocess.run(["rpm", "--dbpath", str(host), "-qa", "--qf", query],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return None
+    proc = run(["rpm", "--dbpath", str(host), "-qa", "--qf", query],
+               f"rpm -qa of the rpmdb in /{dbdir}", text=True)
     packages = []
     for line in proc.stdout.splitlines():
         name, version, arch = (line.split("\t") + ["", ""])[:3]
@@ -500,8 +507,9 @@ def firewall(tree: Tree) -> dict[str, Any]:
             continue
         try:
             root = ElementTree.fromstring(data)
-        except ElementTree.ParseError:
-            return {}
+        except ElementTree.ParseError as exc:
+            raise CouldNotLook([f"/{directory}/{zone}.xml: {exc}"],
+                               reader="firewall-enabled") from None
         return {"firewall-enabled": sorted(s.get("name", "") for s in root.iter("service"))}
     return {}
 
@@ -518,8 +526,9 @@ READERS: tuple[Callable[[Tree], dict[str, Any]], ...] = (
 
 
 def report(tree: Tree) -> dict[str, Any]:
-    """Every key the tree has something for."""
+    """Every key the tree has something for, and "errors" where a reader could not look
+    (named by its key, or by its function where it has several keys)."""
     found: dict[str, Any] = {}
     for reader in READERS:
-        found.update(reader(tree))
+        gather(found, reader.__name__.replace("_", "-"), partial(reader, tree), tree)
     return found

@@ -6,8 +6,13 @@ host's file; a crafted link (/etc/hostname -> /root/.ssh/id_rsa, or a chain of
 `..`) could leak anything. So every path is resolved component by component
 as if the tree were `/`: absolute link targets restart at the tree's root,
 `..` stops at it, and only regular files are read.
+
+A path that is not there reads as None (or []); one that is there but cannot
+be read (EACCES for a user without root, EIO on a damaged file system) reads
+the same, and is noted in `failures`, which the report turns into "errors".
 """
 
+import errno
 import os
 import stat
 from collections import deque
@@ -17,6 +22,9 @@ from pathlib import Path
 
 MAX_LINKS = 40  # what the kernel allows in one lookup, so link loops end
 MAX_READ = 64 * 1024 * 1024  # no config file is this big; a huge one is not read whole
+
+# What a path that is not there (or is no regular file) fails with: no failure to note.
+NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO)
 
 LabelGetter = Callable[[str], str | None]
 
@@ -32,6 +40,12 @@ class Tree:
     def __init__(self, root: Path, labels: LabelGetter | None = None):
         self.root = root
         self._labels = labels
+        self.failures: list[str] = []  # "path: reason" of what was there but not readable
+
+    def note_failure(self, path: str, exc: OSError) -> None:
+        """Note that `path` (in the tree) could not be read, unless it is simply not there."""
+        if exc.errno not in NOT_THERE:
+            self.failures.append(f"/{path.lstrip('/')}: {exc.strerror or exc}")
 
     def _walk(self, path: str, follow_last: bool) -> Path | None:
         parts = deque(p for p in path.split("/") if p not in ("", "."))
@@ -46,7 +60,8 @@ class Tree:
             host = self.root.joinpath(*current, name)
             try:
                 st = os.lstat(host)
-            except OSError:
+            except OSError as exc:
+                self.note_failure("/".join((*current, name)), exc)
                 return None
             if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
                 links += 1
@@ -88,12 +103,17 @@ class Tree:
             return None
         try:
             fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        except OSError as exc:
+            self.note_failure(path, exc)
             return None
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
-            return f.read(MAX_READ)
+            try:
+                return f.read(MAX_READ)
+            except OSError as exc:
+                self.note_failure(path, exc)
+                return None
 
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)
@@ -112,7 +132,8 @@ class Tree:
             return []
         try:
             return sorted(n for n in os.listdir(host) if fnmatch(n, pattern))
-        except OSError:
+        except OSError as exc:
+            self.note_failure(path, exc)
             return []
 
     def label(self, path: str) -> str | None:

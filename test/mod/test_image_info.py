@@ -718,3 +718,176 @@ def test_default_sample(default_sample: dict, tmp_path: Path) -> None:
 
 def sha256_len(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+# --- where image-info could not look: "errors", never an empty answer -----------------------
+
+
+def fat_root_dir(image: Path, start: int) -> int:
+    """Where the root directory of the FAT12/16 file system at `start` of `image` begins."""
+    with open(image, "rb") as f:
+        f.seek(start)
+        boot = f.read(512)
+    sector = int.from_bytes(boot[11:13], "little")
+    reserved, fats = int.from_bytes(boot[14:16], "little"), boot[16]
+    return start + (reserved + fats * int.from_bytes(boot[22:24], "little")) * sector
+
+
+def poke(image: Path, offset: int, data: bytes) -> None:
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+@pytest.fixture
+def broken_esps(tmp_path: Path) -> Path:
+    """Two ESPs: the first with a root directory of no entries (mdir fails on it), the second
+    with a file whose first cluster lies past the end (mcopy fails on it) and a good one."""
+    image = tmp_path / "in" / "esps.raw"
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "40M", str(image))
+    starts = (1 * mk.MIB, 20 * mk.MIB)
+    mk.run("sfdisk", "-q", str(image), stdin="label: gpt\n" + "".join(
+        f"start={s // mk.SECTOR}, size={16 * mk.MIB // mk.SECTOR}, type=U\n" for s in starts))
+    for start in starts:
+        mk.run("mkfs.fat", "-F", "16", "-n", "ESP", "--offset", str(start // mk.SECTOR),
+               str(image), str(16 * 1024))
+    second = f"{image}@@{starts[1]}"
+    for name, text in (("GOOD.TXT", "good\n"), ("BAD.TXT", "bad\n")):
+        (tmp_path / name).write_text(text)
+        mk.run("env", "MTOOLS_SKIP_CHECK=1", "mcopy", "-i", second, str(tmp_path / name),
+               f"::/{name}")
+    poke(image, starts[0] + 17, b"\0\0")  # BPB_RootEntCnt: blkid still sees a FAT
+    root = fat_root_dir(image, starts[1])
+    with open(image, "rb") as f:
+        f.seek(root)
+        entries = f.read(16 * 32)
+    entry = next(i for i in range(0, len(entries), 32) if entries[i:i + 11] == b"BAD     TXT")
+    poke(image, root + entry + 26, (0xFFF0).to_bytes(2, "little"))  # its first cluster
+    return image
+
+
+def test_esp_mtools_cannot_read_is_an_error(broken_esps: Path, tmp_path: Path) -> None:
+    proc = image_info(broken_esps, tmp_path)
+    r = json.loads(proc.stdout)
+    assert [p["fstype"] for p in r["partitions"]] == ["vfat", "vfat"]
+    # The first ESP is not reported as empty: it is not reported, and the errors say why.
+    [esp] = r["esp"]
+    assert esp["partition"] == 2
+    assert esp["files"] == {"/BAD.TXT": None,
+                            "/GOOD.TXT": hashlib.sha256(b"good\n").hexdigest()}
+    first, second = r["errors"]
+    assert first == {"reader": "esp", "error": 'mdir: File "::/" not found (partition 1)'}
+    assert second["reader"] == "esp" and second["error"].endswith("(/BAD.TXT on partition 2)")
+    assert second["error"] != "(/BAD.TXT on partition 2)"  # mcopy's own line comes first
+    assert proc.stderr.count("image-info: warning: ") == 2
+
+
+def test_esp_without_mtools_is_an_error(broken_esps: Path, tmp_path: Path) -> None:
+    """Not a failure of the whole report, nor an empty ESP: the ESP's error."""
+    tools = tmp_path / "bin"  # what reading the disk needs, but mtools
+    tools.mkdir()
+    for tool in ("qemu-img", "blkid", "sfdisk"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tools / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(tools)}
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", str(broken_esps)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert "esp" not in r
+    assert r["errors"] == [
+        {"reader": "esp", "error": f"mdir is not installed on this host (partition {n})"}
+        for n in (1, 2)]
+
+
+def test_ambivalent_partition_is_an_error(tmp_path: Path) -> None:
+    """Two superblocks in one partition: blkid cannot tell, and the report says so."""
+    image, fs, fat = tmp_path / "in" / "disk.raw", tmp_path / "fs.ext4", tmp_path / "fs.fat"
+    image.parent.mkdir()
+    for path in (image, fs, fat):
+        mk.run("truncate", "-s", "24M" if path == image else "16M", str(path))
+    mk.run("sfdisk", "-q", str(image), stdin="label: dos\nstart=2048, type=83\n")
+    mk.run("mkfs.ext4", "-q", str(fs))
+    mk.run("mkfs.fat", "-F", "16", str(fat))
+    with open(fat, "rb") as f:
+        poke(fs, 0, f.read(512))  # ext4 leaves its first 1024 bytes alone
+    mk.place(image, fs, mk.MIB)
+    r = report_of(image, tmp_path)
+    assert r["partitions"][0]["fstype"] is None
+    [error] = r["errors"]
+    assert error["reader"] == "partitions"
+    assert "ambivalent result" in error["error"] and error["error"].endswith("(partition 1)")
+
+
+@needs_root
+def test_root_that_does_not_mount_is_an_error(tmp_path: Path) -> None:
+    """A file system larger than its partition: the kernel refuses it, the report says so."""
+    tree, fs, image = tmp_path / "tree", tmp_path / "root.ext4", tmp_path / "in" / "disk.raw"
+    mk.write(tree, "etc/os-release", "ID=testos\n")
+    image.parent.mkdir()
+    mk.run("truncate", "-s", "10M", str(image))
+    mk.run("sfdisk", "-q", str(image), stdin="label: dos\nstart=2048, size=16384, type=83\n")
+    mk.run("mkfs.ext4", "-q", "-d", str(tree), str(fs), "16M")
+    with open(fs, "rb") as src:
+        poke(image, mk.MIB, src.read(8 * mk.MIB))
+    r = report_of(image, tmp_path)
+    assert r["partitions"][0]["fstype"] == "ext4"
+    assert "os-release" not in r
+    [error] = r["errors"]
+    assert error["reader"] == "partitions"
+    assert error["error"].endswith("(partition 1: it may have held the tree)")
+
+
+def test_unreadable_file_is_an_error_not_absent(tmp_path: Path) -> None:
+    """As a user who may not read /etc/sudoers: not "no sudoers", but an error."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp"))  # where another user may look
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        mk.write(tree, "etc/os-release", "ID=testos\n")
+        mk.write(tree, "etc/sudoers", "root ALL=(ALL) ALL\n", 0o440)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "osbuild.image_info", str(tree)], capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(base)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["os-release"] == {"ID": "testos"} and "sudoers" not in r
+    assert r["errors"] == [{"reader": "sudoers", "error": "/etc/sudoers: Permission denied"}]
+
+
+def test_zone_file_that_does_not_parse_is_an_error(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    mk.write(tree, "etc/firewalld/firewalld.conf", "DefaultZone=public\n")
+    mk.write(tree, "usr/lib/firewalld/zones/public.xml", "<zone><service name='ssh'>\n")
+    r = report_of(tree, tmp_path)
+    assert "firewall-enabled" not in r
+    [error] = r["errors"]
+    assert error["reader"] == "firewall-enabled"
+    assert error["error"].startswith("/usr/lib/firewalld/zones/public.xml: ")
+
+
+@needs_root
+def test_tarball_that_does_not_fit_is_an_error(tmp_path: Path) -> None:
+    """Scratch space that runs out while unpacking: not a tree with files missing."""
+    tree, tarball, scratch = tmp_path / "tree", tmp_path / "in" / "tree.tar", tmp_path / "tmp"
+    mk.write(tree, "etc/os-release", "ID=testos\n")
+    (tree / "etc/big").write_bytes(os.urandom(512 * 1024))
+    tarball.parent.mkdir()
+    scratch.mkdir()
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(scratch)],
+                   check=True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", str(tarball)],
+                              capture_output=True, text=True, env={**os.environ,
+                                                                   "TMPDIR": str(scratch)})
+        assert list(scratch.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"image-info: error: {tarball}: cannot extract /etc/big: " \
+        "No space left on device\n"

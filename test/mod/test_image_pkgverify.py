@@ -7,11 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from osbuild.image_info.pkgverify import parse_rpm_verify
+
 ROOT = Path(__file__).resolve().parent.parent.parent
+needs_rpm = pytest.mark.skipif(shutil.which("rpm") is None, reason="ci/setup installs rpm")
 
 
 def md5(text: str) -> str:
@@ -87,6 +91,7 @@ def test_packages_verify_agrees_with_dpkg_verify(tmp_path: Path) -> None:
         "changed": [{"package": "tool:amd64", "path": "/bin/tool"}],
         "missing": [{"package": "tool:amd64", "path": "/usr/share/tool/data"}],
         "conffiles-changed": [{"package": "tool:amd64", "path": "/etc/tool.conf"}],
+        "conffiles-missing": [],
         "unowned-in-usr": ["/usr/bin/stray-link", "/usr/local/bin/stray"]}
     # dpkg's own verdict on the same tree (it does not apply the tree's path filters).
     dpkg = subprocess.run(["dpkg", f"--root={tree}", "--verify"], capture_output=True,
@@ -176,3 +181,121 @@ def test_rpm_tree_is_verified_with_rpm_va(tmp_path: Path) -> None:
     assert changed["/etc/demo.conf"]["kind"] == "config"
     assert all("5" in c["attributes"] for c in changed.values())  # the digest differs
     assert found["rpm"]["missing"] == [{"path": "/usr/share/demo/data"}]
+
+
+def image_info(*args: str | Path, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "osbuild.image_info", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_deleted_conffile_is_reported_as_dpkg_does(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    (tree / "etc/tool.conf").unlink()
+    proc = image_info("--packages-verify", tree)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["packages-verify"]
+    assert found["conffiles-missing"] == [{"package": "tool:amd64", "path": "/etc/tool.conf"}]
+    assert found["conffiles-changed"] == []
+    dpkg = subprocess.run(["dpkg", f"--root={tree}", "--verify"], capture_output=True,
+                          text=True)
+    assert "missing   c /etc/tool.conf" in dpkg.stdout.splitlines()
+
+
+def rpmdb(tree: Path) -> Path:
+    """An empty rpmdb in the tree, made by the host's rpm."""
+    subprocess.run(["rpm", "--root", str(tree), "--dbpath", "/var/lib/rpm", "--initdb"],
+                   check=True)
+    return tree / "var/lib/rpm"
+
+
+@needs_rpm
+def test_no_host_rpm_is_an_error_not_an_empty_answer(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    rpmdb(tree)
+    empty = tmp_path / "bin"  # a PATH without rpm (image-info needs no tool for a tree)
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty)}
+    proc = image_info("--packages-verify", tree, env=env)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["errors"] == [
+        {"reader": "packages-rpm",
+         "error": "rpm is not installed on this host (rpm -qa of the rpmdb in /var/lib/rpm)"},
+        {"reader": "packages-verify",
+         "error": "rpm is not installed on this host (rpm -Va of the rpmdb in /var/lib/rpm)"}]
+    assert "rpm" not in report["packages-verify"]  # never an empty "nothing changed"
+    assert report["packages-verify"]["changed"]  # what dpkg's records say is still there
+    assert proc.stderr.splitlines()[-1] == (
+        f"image-info: error: {tree}: --packages-verify could not read everything: "
+        "rpm is not installed on this host (rpm -Va of the rpmdb in /var/lib/rpm)")
+    # Not asked for: the report says so, a warning too, and the exit status stays 0.
+    plain = image_info(tree, env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert [e["reader"] for e in json.loads(plain.stdout)["errors"]] == ["packages-rpm"]
+    assert "warning" in plain.stderr and "packages-rpm" in plain.stderr
+
+
+@needs_rpm
+def test_corrupt_rpmdb_is_an_error(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (rpmdb(tree) / "rpmdb.sqlite").write_bytes(b"not a database\n" * 512)
+    plain = image_info(tree)
+    assert plain.returncode == 0, plain.stderr
+    report = json.loads(plain.stdout)
+    assert "packages" not in report
+    [error] = report["errors"]
+    assert error["reader"] == "packages"
+    assert error["error"].startswith("error: cannot open Packages database")
+    assert error["error"].endswith("(rpm -qa of the rpmdb in /var/lib/rpm)")
+    proc = image_info("--packages-verify", tree)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert "packages-verify" not in report
+    assert [e["reader"] for e in report["errors"]] == ["packages", "packages-verify"]
+    assert len(proc.stderr.splitlines()) == 2  # the warning for packages, the error line
+    assert "--packages-verify could not read everything: error: cannot open" in proc.stderr
+
+
+def test_rpm_verify_lines_it_cannot_read_are_kept() -> None:
+    output = ("S.5....T.  c /etc/demo.conf\n"
+              "missing     /usr/share/demo/data\n"
+              "prelink: /usr/bin/demo: at least one of file's dependencies has changed\n"
+              "\n"
+              "..?......    /usr/share/demo/secret\n")
+    found, unread = parse_rpm_verify(output)
+    assert found == {
+        "changed": [{"path": "/etc/demo.conf", "kind": "config", "attributes": "S.5....T."},
+                    {"path": "/usr/share/demo/secret", "attributes": "..?......"}],
+        "missing": [{"path": "/usr/share/demo/data"}]}
+    assert unread == ["prelink: /usr/bin/demo: at least one of file's dependencies has changed"]
+
+
+def test_unreadable_file_is_neither_missing_nor_changed(tmp_path: Path) -> None:
+    """As a user who cannot read a file: a failure in the report, not "missing"."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp"))  # where another user may look
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        make_tree(tree)
+        (tree / "bin/tool").chmod(0o600)
+        (tree / "usr/local/bin").chmod(0o700)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "osbuild.image_info", "--packages-verify", str(tree)],
+            capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(base)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    found = report["packages-verify"]
+    assert found["changed"] == [] and "/bin/tool" not in str(found["missing"])
+    # Named as dpkg names it; the architecture reader could not read its ELF header either.
+    assert {"reader": "packages-verify", "error": "/bin/tool: Permission denied"} \
+        in report["errors"]
+    assert {"reader": "architecture", "error": "/usr/bin/tool: Permission denied"} \
+        in report["errors"]
+    assert {"reader": "packages-verify", "error": "/usr/local/bin: Permission denied"} \
+        in report["errors"]

@@ -3,9 +3,11 @@
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -191,3 +193,23 @@ def test_cyclonedx_says_the_same_with_purls_licenses_hashes_and_sources(
     # The same tree and epoch: the same document, serial number included.
     again = sbom(str(tree), "--build-metadata", str(metadata), kind="cyclonedx")
     assert again.stdout == proc.stdout
+
+
+def test_sbom_of_a_tree_it_cannot_read_in_full_is_refused() -> None:
+    """A copyright file the user may not read: no SBOM that says "no license", one line."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp"))  # where another user may look
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        mk.write(tree, "etc/os-release", "ID=testos\n")
+        mk.write(tree, "var/lib/dpkg/status", STATUS)
+        mk.write(tree, "usr/share/doc/bash/copyright", BASH_COPYRIGHT, 0o600)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "osbuild.image_info", "--sbom", "spdx", str(tree)],
+            capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(base)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"image-info: error: {tree}: --sbom could not read everything: "
+                           "/usr/share/doc/bash/copyright: Permission denied\n")
