@@ -51,6 +51,7 @@ def test_var_uuid_is_systemds_app_specific_id() -> None:
 @pytest.mark.parametrize("attrs,expected", [
     ("", []), ("RequiredPartition", []), ("GUID:63", ["no-auto"]),
     ("RequiredPartition LegacyBIOSBootable GUID:48,59,60,63", ["grow-fs", "read-only", "no-auto"]),
+    ("NoBlockIOProtocol", ["no-block-io-protocol"]),
 ])
 def test_flags(attrs: str, expected: list[str]) -> None:
     assert discoverable.flags(attrs) == expected
@@ -71,7 +72,8 @@ def test_verdicts_on_a_disk(tmp_path: Path) -> None:
         [gpt_types.name(p["type"]) for p in table["partitions"]]
     verdicts = {n: (p["mountpoint"], p["auto-mount"], p["why"]) for n, p in found.items()}
     assert verdicts == {
-        1: ("/efi", False, discoverable.NO_LOADER_REPORT),  # /boot holds the kernel's files
+        # No EFI binary on the ESP: a BIOS boot, where the generator needs no loader report.
+        1: ("/efi", True, discoverable.BIOS_BOOT),  # /boot holds the kernel's files
         2: ("/", False, f"the kernel command line names root=UUID={mk.ROOT_UUID}"),
         3: ("/home", True, "the first home partition on the root's disk"),
         4: ("/home", False, "not the first home partition on the disk"),
@@ -102,7 +104,8 @@ def tree(tmp_path: Path) -> Tree:
 
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
-SYSTEMD_BOOT = {"esp": [{"files": {"/EFI/systemd/systemd-bootx64.efi": "sha256"}}],
+SYSTEMD_BOOT = {"esp": [{"files": {"/EFI/systemd/systemd-bootx64.efi": "sha256"},
+                         "efi-binaries": {"/EFI/systemd/systemd-bootx64.efi": "x86_64"}}],
                 "bootmenu": [{"options": "quiet rw"}], "packages": ["dracut:all"],
                 "architecture": {"dpkg": "amd64"}, "machine-id": MACHINE_ID}
 
@@ -138,3 +141,72 @@ def test_what_stops_the_generator(tree: Tree) -> None:
 
 def test_only_gpt_disks_have_the_view() -> None:
     assert discoverable.report(Layout(size=0, pttype="dos", partitions=[]), {}, None) == {}
+
+
+GRUB = {**SYSTEMD_BOOT, "esp": [{"files": {"/EFI/debian/grubx64.efi": "sha256"},
+                                 "efi-binaries": {"/EFI/debian/grubx64.efi": "x86_64"}}]}
+
+
+def test_grub_reports_the_boot_partition_only_with_its_bli_module(tree: Tree) -> None:
+    parts = [_part(1, "esp"), _part(2, "root-x86-64")]
+    assert verdicts(parts, GRUB, tree) == [("/boot", False, discoverable.NO_LOADER_REPORT),
+                                           ("/", False, discoverable.NO_LOADER_REPORT)]
+    (Path(str(tree.resolve("boot"))) / "grub").mkdir()
+    (Path(str(tree.resolve("boot"))) / "grub/grub.cfg").write_text(
+        "if [ $grub_platform = efi ]; then\n  insmod bli\nfi\n")
+    # /boot holds grub.cfg now: the ESP goes to /efi.
+    assert [v[:2] for v in verdicts(parts, GRUB, tree)] == [("/efi", True), ("/", True)]
+
+
+def test_a_bios_boot_mounts_loader_partitions_without_a_report(tree: Tree) -> None:
+    bios = {**GRUB, "esp": []}
+    parts = [_part(1, "esp"), _part(2, "root-x86-64"), _part(3, "xbootldr")]
+    assert verdicts(parts, bios, tree) == [
+        ("/efi", True, discoverable.BIOS_BOOT), ("/", False, discoverable.BIOS_ROOT),
+        ("/boot", True, discoverable.BIOS_BOOT)]
+    # fstab under /boot or /efi stops both; fstab naming the ESP's device stops the ESP.
+    under = {**bios, "fstab": [["UUID=1234", "/boot/efi", "vfat", "umask=0077", "0", "2"]]}
+    assert [v[2] for v in verdicts(parts, under, tree)][::2] == ["fstab mounts /boot/efi"] * 2
+    esp = Partition(number=1, start=1, size=1, type=gpt_types.GUIDS["esp"].upper(),
+                    partuuid=None, bootable=False, name=None,
+                    fs=Filesystem("vfat", "AB12-CD34", "ESP"))
+    named = {**bios, "fstab": [["UUID=ab12-cd34", "/mnt/esp", "vfat", "defaults", "0", "2"]]}
+    assert verdicts([esp], named, tree) == \
+        [("/boot", False, "fstab mounts the partition at /mnt/esp")]
+
+
+def test_the_esp_takes_boot_else_efi(tree: Tree) -> None:
+    bios = {**GRUB, "esp": []}
+    assert verdicts([_part(1, "esp")], bios, tree)[0][:2] == ("/boot", True)
+    boot = Path(str(tree.resolve("boot")))
+    (boot / "vmlinuz").touch()
+    assert verdicts([_part(1, "esp")], bios, tree)[0][:2] == ("/efi", True)
+    (boot.parent / "efi").write_text("not a directory")
+    assert verdicts([_part(1, "esp")], bios, tree) == [("/efi", False, (
+        "/boot holds files in the root file system, and /efi is not a directory in the "
+        "root file system"))]
+
+
+def test_skipped_partitions_leave_the_next_of_their_type(tree: Tree) -> None:
+    """no-auto and a /var of another machine are skipped before the first one is picked;
+    the ESP has no no-auto flag, but UEFI's no-block-io-protocol hides it."""
+    parts = [_part(1, "var", discoverable.var_partuuid("f" * 32)),
+             _part(2, "var", discoverable.var_partuuid(MACHINE_ID)),
+             _part(3, "esp", attrs="GUID:63"), _part(4, "esp"),
+             _part(5, "esp", attrs="NoBlockIOProtocol")]
+    assert [v[:2] for v in verdicts(parts, SYSTEMD_BOOT, tree)] == [
+        ("/var", False), ("/var", True), ("/boot", True), (None, False), (None, False)]
+    assert verdicts(parts, SYSTEMD_BOOT, tree)[3][2] == "not the first esp partition on the disk"
+
+
+def test_swap_and_the_switches(tree: Tree) -> None:
+    assert verdicts([_part(1, "swap")], SYSTEMD_BOOT, tree)[0][1]
+    in_fstab = {**SYSTEMD_BOOT, "fstab": [["/swapfile", "none", "swap", "sw", "0", "0"]]}
+    assert verdicts([_part(1, "swap")], in_fstab, tree) == \
+        [("swap", False, "fstab has a swap entry")]
+    off = {**SYSTEMD_BOOT, "bootmenu": [{"options": "quiet systemd.swap=no"}]}
+    assert verdicts([_part(1, "swap")], off, tree) == \
+        [("swap", False, "the kernel command line has systemd.swap=no")]
+    # The last setting of a switch counts, as on the kernel command line.
+    again = {**SYSTEMD_BOOT, "bootmenu": [{"options": "systemd.gpt_auto=0 systemd.gpt_auto"}]}
+    assert verdicts([_part(1, "home")], again, tree)[0][1]
