@@ -10,6 +10,7 @@ import fnmatch
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,9 +33,12 @@ from .prefetch import Prefetcher
 # copying its tree costs far less than running it again after a later change.
 AUTO_CHECKPOINT_SECONDS = 10.0
 
-# How tools say they ran out of space (ENOSPC, EDQUOT), in their output or our errors.
+# How tools say they ran out of space (ENOSPC, EDQUOT), in their output or our errors;
+# matched without case: Go and Rust tools print strerror in lower case.
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+NO_SPACE_TEXTS = ("no space left on device", "disk quota exceeded")
+# How often the store's free space is looked at while a stage runs and prints nothing.
+SPACE_WATCH_SECONDS = 0.05
 
 
 def after_interrupt(error: BaseException) -> bool:
@@ -286,9 +290,14 @@ class Build:
                 # Held to the end of the build: later stages may run the tree's programs too.
                 self.stack.enter_context(binfmt.emulation())
                 self.emulating = True
+            space = stack.enter_context(SpaceWatch(self.workdir))
+
+            def on_output(line: str) -> None:
+                space.line(line)
+                self.monitor.stage_output(stage, line)
+
             run = buildroot.run(f"{stage.kind}/{stage.name}", args, tree, stage_dir, binds,
-                                list(nodes.values()),
-                                on_output=lambda line: self.monitor.stage_output(stage, line),
+                                list(nodes.values()), on_output=on_output,
                                 capabilities=info.capabilities if info else frozenset(),
                                 timeout=self.stage_timeout)
         result = StageResult(stage.id, stage.name, pipeline.name, run.returncode == 0, False,
@@ -300,8 +309,7 @@ class Build:
                 assert self.stage_timeout is not None
                 raise StageTimeout(pipeline.name, stage.name, stage.id, run.returncode, run.tail,
                                    self.stage_timeout)
-            said = any(text in line for line in run.tail for text in NO_SPACE_TEXTS)
-            if run.returncode > 0 and is_full(self.workdir, said):
+            if run.returncode > 0 and space.ran_short():
                 raise StageFailed(pipeline.name, stage.name, stage.id, run.returncode, run.tail,
                                   f"failed with exit status {run.returncode}: no space left on "
                                   f"device in the store {self.store.path}", out_of_space="store")
@@ -330,20 +338,77 @@ class Build:
 # -- running out of space ------------------------------------------------------
 
 
-def is_full(path: Path, said_so: bool) -> bool:
-    """Whether the file system holding `path` is out of space or inodes.
+def says_no_space(text: str) -> bool:
+    lowered = text.lower()
+    return any(t in lowered for t in NO_SPACE_TEXTS)
 
-    A tool that hit ENOSPC may remove its partial files before it exits, so when its
-    output said so, a nearly full file system counts; otherwise only a really full one.
+
+class SpaceWatch:
+    """The least free space and inodes the file system of `path` had while a stage ran.
+
+    Looked at on every line of the stage's output and every SPACE_WATCH_SECONDS in
+    between: a tool that hit ENOSPC may remove its partial files before the stage ends
+    (dpkg rolls back the unpack of a package), so the space is free again by the time
+    the stage has failed, and its own message may be far above the tail that is kept.
     """
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use reserved blocks
-    if blocks * st.f_frsize < 1024**2 or (st.f_files > 0 and st.f_ffree == 0):
-        return True
-    return said_so and blocks < st.f_blocks // 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.said = False  # a line of the output said the tool ran out of space
+        self.low_bytes: int | None = None
+        self.low_inodes: int | None = None
+        self.size = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="space-watch", daemon=True)
+
+    def __enter__(self) -> "SpaceWatch":
+        self.sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sample()
+
+    def watch(self) -> None:
+        while not self.stop.wait(SPACE_WATCH_SECONDS):
+            self.sample()
+
+    def line(self, text: str) -> None:
+        """One line of the stage's output; a statvfs costs microseconds, so each is looked at."""
+        if not self.said and says_no_space(text):
+            self.said = True
+        self.sample()
+
+    def sample(self) -> None:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return
+        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use reserved blocks
+        inodes = st.f_ffree if st.f_files > 0 else None  # some file systems count none
+        with self.lock:
+            self.size = st.f_blocks * st.f_frsize
+            if self.low_bytes is None or free * st.f_frsize < self.low_bytes:
+                self.low_bytes = free * st.f_frsize
+            if inodes is not None and (self.low_inodes is None or inodes < self.low_inodes):
+                self.low_inodes = inodes
+
+    def ran_short(self) -> bool:
+        """Whether the file system was out of space or inodes at some point of the run.
+
+        When the output said so, nearly full counts (the tool wrote to that file system
+        faster than it was looked at); otherwise only really full does: a stage may also
+        run out of room inside an image it makes, which is not the store's fault.
+        """
+        with self.lock:
+            if self.low_bytes is None:
+                return False
+            if self.low_bytes < 1024**2 or self.low_inodes == 0:
+                return True
+            return self.said and self.low_bytes < self.size // 20
 
 
 @contextmanager
@@ -359,7 +424,7 @@ def out_of_space(place: Place, path: Path) -> Iterator[None]:
     except (OSError, OsbuildError) as error:
         if isinstance(error, OSError) and error.errno not in NO_SPACE_ERRNOS:
             raise
-        if isinstance(error, OsbuildError) and not any(t in str(error) for t in NO_SPACE_TEXTS):
+        if isinstance(error, OsbuildError) and not says_no_space(str(error)):
             raise
         kind = StoreError if place == "store" else OsbuildError
         raise kind(f"no space left on device in the {place} {path}", out_of_space=place) from None

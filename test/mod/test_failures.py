@@ -7,6 +7,7 @@ no sandbox process, mount or loop device is left. A stage that simply exits non-
 is covered by test_build.py (test_failed_stage_reports_and_commits_nothing).
 """
 
+import errno
 import json
 import os
 import random
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from harness import Osbuild
+
+from osbuild.pipeline import SpaceWatch
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STAGE_PROCESS = ["/usr/bin/python3", "/run/osbuild/lib/stages/org.osbuild.test.script"]
@@ -269,6 +272,77 @@ def test_checkpoint_copy_filling_the_store(osb: Osbuild) -> None:
         assert_clean(osb, set())  # no half-copied object, no staged dot-directory
         proc = osb.run(manifest)  # without the checkpoint it fits
         assert_clean(osb, {stage_ids(osb, manifest)[1]})
+
+
+# Fills the store, then prints far more than the kept tail and than the pipe between stage
+# and engine holds (64 KiB): by the time the last line is written, the engine has read the
+# first ones, while the store was still full. Then it frees the space and fails.
+FILL_THE_STORE = """head -c 64M /dev/zero > big{quiet}
+i=0
+while [ $i -lt 100 ]; do i=$((i + 1)); printf 'rolling back %d %01000d\\n' $i 0; done
+rm big
+exit 1"""
+
+
+@needs_root
+@pytest.mark.parametrize("quiet", ["", " 2>/dev/null"], ids=["said", "silent"])
+def test_store_full_while_the_stage_ran(osb: Osbuild, quiet: str) -> None:
+    """dpkg into a nearly full store: ENOSPC far above the tail, space free again at exit."""
+    with tmpfs(osb.workdir / "small", "8M") as small:
+        osb.store = small / "store"
+        manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [
+            stage("test.script", stream=True, script=FILL_THE_STORE.format(quiet=quiet))]}]}
+        stage_id = stage_ids(osb, manifest)[0]
+        proc = osb.run(manifest, check=False)
+        line = error_line(proc)
+        assert line == (f"osbuild: error: stage org.osbuild.test.script ({stage_id[:12]}) "
+                        "in pipeline 'os' failed with exit status 1: no space left on device "
+                        f"in the store {osb.store}")
+        assert "osbuild: hint: free some space there" in proc.stderr
+        # head's own words (none when quiet) came 100 lines before the end, far above the
+        # tail the engine keeps and shows.
+        log = proc.stdout.splitlines()
+        said = [i for i, text in enumerate(log) if "No space left on device" in text]
+        assert len(said) == (0 if quiet else 1), log[:5]
+        assert all(log[i + 1 + n].endswith(f"rolling back {n + 1} " + "0" * 1000)
+                   for i in said for n in range(100)), log[:5]
+        shown = proc.stderr.split("osbuild: last lines of org.osbuild.test.script's output:")[1]
+        assert shown.endswith("rolling back 100 " + "0" * 1000 + "\n")
+        assert "space" not in shown
+        assert shutil.disk_usage(small).used < 1 * MiB  # free again when the stage ended
+        assert_clean(osb, set())
+
+
+@needs_root
+def test_no_space_said_of_another_file_system(osb: Osbuild) -> None:
+    """A stage's tool may fill an image it makes: with room in the store, that is no cause."""
+    with tmpfs(osb.workdir / "small", "64M") as small:
+        osb.store = small / "store"
+        manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [stage(
+            "test.script", stream=True,
+            script="echo 'mkfs: write to disk.img: No space left on device' >&2; exit 1")]}]}
+        proc = osb.run(manifest, check=False)
+        line = error_line(proc)
+        assert line.endswith("in pipeline 'os' failed with exit status 1"), line
+        assert "hint" not in proc.stderr and "No space left on device" in proc.stderr
+        assert_clean(osb, set())
+
+
+@needs_root
+def test_space_watch_sees_a_full_file_system_between_lines(osb: Osbuild) -> None:
+    """With no output to look on, the watch still samples the file system on its own."""
+    with tmpfs(osb.workdir / "small", "4M") as small:
+        with SpaceWatch(small) as watch:
+            assert not watch.ran_short()
+            with open(small / "big", "wb") as f, pytest.raises(OSError) as full:
+                while True:
+                    f.write(b"\0" * MiB)
+                    f.flush()
+            assert full.value.errno == errno.ENOSPC
+            wait_for(watch.ran_short, "the watch to see the full file system")
+            (small / "big").unlink()
+        assert watch.ran_short() and not watch.said
+        assert shutil.disk_usage(small).free > 3 * MiB
 
 
 @needs_root
