@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, inputs, mounts
-from .meta import module_info, raise_if, schema_errors
+from .meta import json_path, module_info, raise_if, schema_errors
 from .model import Manifest, Stage
 from .sources import SourceFailure, parse_checksum
 
@@ -125,10 +125,11 @@ def reference_problems(references: dict[str, Any], checksums: set[str], path: st
     """Source files a stage reads must be well-formed checksums some source provides."""
     problems = []
     for checksum in references:
+        where = json_path(path, [checksum])  # a key with a newline stays on one line
         if (problem := checksum_problem(checksum)) is not None:
-            problems.append(f"{path}.{checksum}: {problem}")
+            problems.append(f"{where}: {problem}")
         elif checksum not in checksums:
-            problems.append(f"{path}.{checksum}: no source provides this checksum")
+            problems.append(f"{where}: no source provides this checksum")
     return problems
 
 
@@ -186,7 +187,7 @@ def source_problems(manifest: Manifest, libdir: Path) -> list[str]:
             continue
         for key in ("items", "urls"):
             for checksum, item in section.get(key, {}).items():
-                path = f"sources.{kind}.{key}.{checksum}"
+                path = json_path(f"sources.{kind}.{key}", [checksum])
                 if (problem := checksum_problem(checksum)) is not None:
                     problems.append(f"{path}: {problem}")
                 elif kind == "org.osbuild.inline" and \

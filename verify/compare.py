@@ -1,7 +1,9 @@
 """Compare a JSON document with a golden one in which null means "don't care".
 
 A null anywhere in the golden (a value, a list item, a whole subtree) accepts
-whatever the actual document has there, including nothing. Everything else
+whatever value the actual document has there, but something must be there: a
+key whose golden value is null is still a key the document must have (a
+package that was not installed is missing, not "don't care"). Everything else
 must match exactly: objects key by key (missing and unexpected keys are both
 differences), lists item by item. The result is one readable line per
 difference, naming its JSON path:
@@ -66,8 +68,8 @@ def compare(expected: Any, actual: Any, path: str = "") -> list[str]:
         lines = []
         for key, value in expected.items():
             if key not in actual:
-                if value is not None:
-                    lines.append(f"{join(path, key)}: missing (expected {render(value)})")
+                expectation = "any value" if value is None else render(value)
+                lines.append(f"{join(path, key)}: missing (expected {expectation})")
                 continue
             lines += compare(value, actual[key], join(path, key))
         for key in actual.keys() - expected.keys():

@@ -124,13 +124,25 @@ def test_compare_example_line() -> None:
 @pytest.mark.parametrize("golden, actual", [
     (None, {"anything": 1}),
     ({"a": None}, {"a": [1, 2, {"b": 3}]}),
-    ({"a": None}, {}),
+    ({"a": None}, {"a": None}),
     ({"a": [None, 2]}, {"a": [1, 2]}),
     ({"a": [{"x": None, "y": 1}]}, {"a": [{"x": "whatever", "y": 1}]}),
     ({"added_files": None, "deleted_files": []}, {"added_files": ["/x"], "deleted_files": []}),
 ])
 def test_compare_null_means_dont_care(golden: object, actual: object) -> None:
     assert compare(golden, actual) == []
+
+
+def test_compare_null_key_must_still_be_there() -> None:
+    """null is "any value", not "maybe absent": a package that was not installed fails."""
+    golden = {"packages": {"bash": None, "dash": None}, "differences": {"/x": {"content": None}}}
+    actual = {"packages": {"bash": "5.2.15-2+b7"}, "differences": {"/x": {"mode": [1, 2]}}}
+    assert compare(golden, actual) == [
+        "differences./x.content: missing (expected any value)",
+        "differences./x.mode: not expected (got [1, 2])",
+        "packages.dash: missing (expected any value)",
+    ]
+    assert compare({"a": None}, {}) == ["a: missing (expected any value)"]
 
 
 def test_compare_reports_paths_missing_and_unexpected() -> None:
