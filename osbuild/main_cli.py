@@ -174,7 +174,10 @@ def in_cli_terms(error: OsbuildError) -> OsbuildError:
                             error.tail, error.timeout, option="--stage-timeout")
     if error.out_of_space is not None and error.hint is None:
         option = SPACE_OPTIONS[error.out_of_space]
-        error.hint = f"free some space there, or point {option} at a larger file system"
+        freeing = ("'osbuild store prune', a smaller --cache-max-size"
+                   if error.out_of_space == "store" else "")
+        error.hint = (f"free some space there{f' ({freeing})' if freeing else ''}, "
+                      f"or point {option} at a larger file system")
     return error
 
 

@@ -298,7 +298,8 @@ def test_store_full_while_the_stage_ran(osb: Osbuild, quiet: str) -> None:
         assert line == (f"osbuild: error: stage org.osbuild.test.script ({stage_id[:12]}) "
                         "in pipeline 'os' failed with exit status 1: no space left on device "
                         f"in the store {osb.store}")
-        assert "osbuild: hint: free some space there" in proc.stderr
+        assert ("osbuild: hint: free some space there ('osbuild store prune', a smaller "
+                "--cache-max-size), or point --store at a larger file system") in proc.stderr
         # head's own words (none when quiet) came 100 lines before the end, far above the
         # tail the engine keeps and shows.
         log = proc.stdout.splitlines()
