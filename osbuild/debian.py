@@ -13,7 +13,8 @@ Stdlib only, like osbuild.api: it runs on the build root's Python.
 import os
 import shlex
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import osbuild.api
 import osbuild.tool
@@ -181,33 +182,70 @@ def initramfs_once_hook() -> str:
 # and exits; any other call goes to the tree's own program. The build root's
 # program then does the noted work on the tree from outside (depmod -b,
 # systemd-hwdb --root), before the initrds are made: the same files, made
-# natively. name -> (the call it stands in for, a shell case pattern of "$#:$*";
-# the command run from the build root on the tree "$1", with $arg the call's "$*").
+# natively, as long as it is the same program: the build root must have the
+# tree's version of the package that ships it, or the tree's own runs, emulated.
+
+
+class Standin(NamedTuple):
+    call: str  # the call it stands in for: a shell case pattern of "$#:$*"
+    command: str  # run from the build root on the tree "$1", with $arg the call's "$*"
+    package: str  # ships the program, in the tree and in the build root
+
+
+HWDB_UPDATE = ('systemd-hwdb --root "$1" --usr update && { ! grep -qsF -- "$1/" '
+               '"$1"/usr/lib/udev/hwdb.bin "$1"/lib/udev/hwdb.bin || { echo "systemd-hwdb: '
+               'hwdb.bin names the tree\'s path: the tree\'s own runs, emulated"; '
+               'chroot "$1" env PATH=/usr/sbin:/usr/bin:/sbin:/bin systemd-hwdb --usr update; }; }')
 STANDINS = {
-    "depmod": ('"1:"[0-9]*', 'depmod -b "$1" "$arg"'),  # linux-image-*'s: depmod VERSION
-    "systemd-hwdb": ('"2:--usr update"', 'systemd-hwdb --root "$1" --usr update'),  # udev's
+    # linux-image-*'s postinst: depmod VERSION
+    "depmod": Standin('"1:"[0-9]*', 'depmod -b "$1" "$arg"', "kmod"),
+    # udev's postinst and trigger. systemd 252 (bookworm) records each source file's path
+    # with the --root prefix in hwdb.bin: where it did, the tree's own makes it again (by
+    # its path: the stand-in is still first on PATH).
+    "systemd-hwdb": Standin('"2:--usr update"', HWDB_UPDATE, "udev"),
 }
+
+
+def build_root_version(package: str) -> str | None:
+    """The version of `package` in the build root (stages see its dpkg database, read-only)."""
+    proc = osbuild.tool.run(["dpkg-query", "-W", "--showformat=${Version}", package],
+                            f"asking dpkg-query for {package}", check=False, quiet=True)
+    return proc.stdout if proc.returncode == 0 and proc.stdout else None
+
+
+def same_as_build_root(tree_versions: Mapping[str, str], packages: Iterable[str]) -> bool:
+    """Whether the tree installs each of `packages` at the very version the build root has."""
+    return all(tree_versions.get(p) is not None and tree_versions[p] == build_root_version(p)
+               for p in packages)
 
 
 def standin_script(name: str, directory: str) -> str:
     """The stand-in for `name`, run in the tree; `directory` is on PATH there and outside."""
-    pattern, _ = STANDINS[name]
     note = shlex.quote(f"{directory}/{name}.todo")
     return f"""#!/bin/sh
 # osbuild: {name} is run from the build root once packages are configured.
 case "$#:$*" in
-{pattern}) echo "$*" >> {note}; exit 0 ;;
+{STANDINS[name].call}) echo "$*" >> {note}; exit 0 ;;
 esac
 PATH=${{PATH#{directory}:}}
 exec {name} "$@"
 """
 
 
-def native_standins(directory: str) -> list[str]:
-    """Write a stand-in into `directory` for each program the build root has; their names."""
-    names = [name for name in STANDINS if shutil.which(name)]
-    for name in names:
+def native_standins(directory: str, tree_versions: Mapping[str, str]) -> list[str]:
+    """Write a stand-in into `directory` for each program the build root has in the tree's
+    version (`tree_versions`: package -> version of the tree's packages); their names."""
+    names = []
+    for name, standin in STANDINS.items():
+        if not shutil.which(name) or standin.package not in tree_versions:
+            continue
+        if not same_as_build_root(tree_versions, [standin.package]):
+            print(f"{name}: the build root's {standin.package} "
+                  f"{build_root_version(standin.package) or '(none)'} is not the tree's "
+                  f"{tree_versions[standin.package]}: the tree's own runs, emulated", flush=True)
+            continue
         stagelib.write_file(directory, name, standin_script(name, directory), mode=0o755)
+        names.append(name)
     return names
 
 
@@ -229,10 +267,9 @@ def native_standins_hook(directory: str, names: Iterable[str]) -> str:
     """The customize hook (in the build root, before the initrds) that does the noted work."""
     steps = []
     for name in names:
-        _, command = STANDINS[name]
         note = shlex.quote(f"{directory}/{name}.todo")
         steps.append(f'if [ -e {note} ]; then sort -u {note} | while read -r arg; do '
-                     f'{command} || exit 1; done; fi')
+                     f'{STANDINS[name].command} || exit 1; done; fi')
     return " && ".join(steps) or "true"
 
 

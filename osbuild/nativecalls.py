@@ -8,27 +8,36 @@ which initramfs-tools' hooks run to copy a kernel's modules into the initrd
 (forking a cp per module). Both do the same work from outside: the perl script
 on the tree with DPKG_ROOT, dracut-install (same version, same libkmod) with
 --sysrootdir and the tree's paths. So while a foreign tree's packages are
-configured, a stand-in of each is in the tree: it hands its call (its pid,
-umask, the dpkg variables, the arguments) through a FIFO to a thread of the
-stage, which runs the build root's program on the tree, writes into the
-caller's stdout and stderr through /proc, and sends back the exit status
-through a FIFO of the caller. dpkg runs maintainer scripts one at a time, and
-mkinitramfs its hooks, so the calls come one by one.
+configured, a stand-in of each is in the tree: it writes its call (its pid,
+umask, the dpkg variables, the arguments) into a file of NUL-terminated fields,
+which no argument can garble, and names itself (its pid) on a FIFO read by a
+thread of the stage, which runs the build root's program on the tree, writes
+into the caller's stdout and stderr through /proc, and sends back the exit
+status through a FIFO the caller opened before it asked. dpkg runs maintainer
+scripts one at a time, and mkinitramfs its hooks, so the calls come one by
+one. A call that cannot be served (a malformed request, a caller gone before
+its status) is answered with a failure where there is someone to answer, and
+fails the stage in one line: nothing waits forever.
 
 Like osbuild.api, only the stdlib: it runs on the build root's Python.
 """
 
+import contextlib
+import errno
+import glob
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from osbuild import stagelib
+import osbuild.api
+from osbuild import debian, stagelib
 
 
 def _perl_script(tree: str, program: str, args: list[str]) -> list[str]:
@@ -100,24 +109,24 @@ CALLOUTS = {
 PASSED_ENV = ("DPKG_MAINTSCRIPT_PACKAGE", "DPKG_MAINTSCRIPT_NAME", "DPKG_MAINTSCRIPT_ARCH",
               "DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT", "_DEB_SYSTEMD_HELPER_PURGE",
               "_DEB_SYSTEMD_HELPER_DEBUG")
+# The FIFO on which a caller names itself (its pid, one line), once its request is written.
 REQUESTS = "requests"
-# How long a finished call waits for its caller to read the status.
-REPLY_SECONDS = 10
 STOP = "stop"
+PID = re.compile(r"[0-9]+")
 
 
-def _installed_version(package: str) -> str | None:
-    proc = subprocess.run(["dpkg-query", "-W", "--showformat=${Version}", package],
-                          capture_output=True, text=True, check=False)
-    return proc.stdout if proc.returncode == 0 else None
+class Request(NamedTuple):
+    name: str
+    umask: int
+    env: dict[str, str]
+    args: list[str]
 
 
 def usable(tree_versions: Mapping[str, str]) -> list[str]:
     """The call-outs the build root can serve for a tree of these package versions."""
     return [name for name, c in CALLOUTS.items()
             if all(shutil.which(p) for p in c.needs)
-            and all(tree_versions.get(p) is not None and tree_versions[p] == _installed_version(p)
-                    for p in c.same_versions)]
+            and debian.same_as_build_root(tree_versions, c.same_versions)]
 
 
 def trees_own(name: str, directory: str) -> str:
@@ -126,7 +135,12 @@ def trees_own(name: str, directory: str) -> str:
 
 
 def standin_script(name: str, directory: str) -> str:
-    """The stand-in for `name`, run in the tree; `directory` is the same path here and there."""
+    """The stand-in for `name`, run in the tree; `directory` is the same path here and there.
+
+    Its request is a file of NUL-terminated fields (no argument can hold a NUL), and it
+    opens its reply FIFO before it asks (read-write, so the open does not wait): the
+    status may come at any time, and a caller that is gone is one the FIFO has no reader of.
+    """
     c, d = CALLOUTS[name], shlex.quote(directory)
     own = shlex.quote(trees_own(name, directory))
     env = " ".join(f'"${{{v}+=}}${{{v}-}}"' for v in PASSED_ENV)
@@ -136,9 +150,10 @@ def standin_script(name: str, directory: str) -> str:
     return f"""#!/bin/sh
 # osbuild: the build root runs this tree's {name} (osbuild/nativecalls.py).
 {kept}{handed}reply={d}/reply.$$
-mkfifo "$reply" || exit 1
-printf '%s\\n' "$$" {shlex.quote(name)} "$(umask)" {env} "$#" "$@" > {d}/{REQUESTS}
-read -r status < "$reply"
+mkfifo "$reply" && exec 3<>"$reply" || exit 1
+printf '%s\\0' "$$" {shlex.quote(name)} "$(umask)" {env} "$#" "$@" > {d}/request.$$ || exit 1
+echo "$$" > {d}/{REQUESTS}
+read -r status <&3
 exit "${{status:-1}}"
 """
 
@@ -162,29 +177,39 @@ def bind_hooks(directory: str, names: list[str]) -> tuple[str, str]:
     return " && ".join(bind) or "true", " && ".join(unbind) or "true"
 
 
-def _requests(text: str) -> Iterator[tuple[int, str, int, dict[str, str], list[str]]]:
-    """(pid, name, umask, environment, arguments) of each request the FIFO carried."""
-    lines = text.split("\n")
-    at = 0
-    while at < len(lines) and lines[at] not in ("", STOP):
-        pid, name, umask = int(lines[at]), lines[at + 1], int(lines[at + 2], 8)
-        values = lines[at + 3:at + 3 + len(PASSED_ENV)]
-        env = {k: v[1:] for k, v in zip(PASSED_ENV, values, strict=True) if v.startswith("=")}
-        at += 3 + len(PASSED_ENV)
-        count = int(lines[at])
-        yield pid, name, umask, env, lines[at + 1:at + 1 + count]
-        at += 1 + count
+def parse_request(data: bytes, pid: int) -> Request:
+    """A stand-in's request (see standin_script); ValueError says what is wrong with it."""
+    if not data.endswith(b"\0"):
+        raise ValueError("it does not end with a NUL" if data else "it is empty")
+    fields = [os.fsdecode(f) for f in data[:-1].split(b"\0")]
+    head = 3 + len(PASSED_ENV) + 1
+    if len(fields) < head:
+        raise ValueError(f"{len(fields)} fields, not the {head} of a request")
+    if fields[0] != str(pid):
+        raise ValueError(f"it names pid {fields[0]!r}")
+    name, umask, values, count = fields[1], fields[2], fields[3:head - 1], fields[head - 1]
+    if name not in CALLOUTS:
+        raise ValueError(f"there is no call-out {name!r}")
+    if not re.fullmatch("[0-7]{1,4}", umask):
+        raise ValueError(f"umask {umask!r}")
+    if any(v and not v.startswith("=") for v in values):
+        raise ValueError("an environment variable's value does not start with '='")
+    if not PID.fullmatch(count) or int(count) != len(fields) - head:
+        raise ValueError(f"it counts {count!r} arguments and has {len(fields) - head}")
+    env = {k: v[1:] for k, v in zip(PASSED_ENV, values, strict=True) if v}
+    return Request(name, int(umask, 8), env, fields[head:])
 
 
-def _run(tree: str, directory: str, pid: int, name: str, umask: int, env: dict[str, str],
-         args: list[str]) -> int:
+def _run(tree: str, directory: str, pid: int, request: Request) -> int:
+    name, args = request.name, request.args
     c = CALLOUTS[name]
     path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(":")
-    run_env = {**env, "PATH": ":".join(p for p in path if p != directory), "LC_ALL": "C.UTF-8"}
+    run_env = {**request.env, "PATH": ":".join(p for p in path if p != directory),
+               "LC_ALL": "C.UTF-8"}
     if c.dpkg_root:
         run_env["DPKG_ROOT"] = tree
     try:
-        with open(f"/proc/{pid}/fd/1", "wb") as out, open(f"/proc/{pid}/fd/2", "wb") as err:
+        with open(f"/proc/{pid}/fd/1", "ab") as out, open(f"/proc/{pid}/fd/2", "ab") as err:
             if not os.path.isfile(tree + c.program):
                 err.write(f"{name}: not found\n".encode())
                 return 127
@@ -193,7 +218,7 @@ def _run(tree: str, directory: str, pid: int, name: str, umask: int, env: dict[s
             except StopIteration:
                 err.write(f"{name}: an option without its value: {' '.join(args)}\n".encode())
                 return 2
-            return subprocess.run(argv, env=run_env, cwd=tree, umask=umask,
+            return subprocess.run(argv, env=run_env, cwd=tree, umask=request.umask,
                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                   check=False).returncode
     except OSError as e:
@@ -201,39 +226,67 @@ def _run(tree: str, directory: str, pid: int, name: str, umask: int, env: dict[s
         return 1
 
 
-def _serve(tree: str, directory: str) -> None:
-    fifo = os.path.join(directory, REQUESTS)
-    while True:
-        with open(fifo, encoding="utf-8") as f:
-            text = f.read()
+class _Server:
+    """Answers the stand-ins' calls, one by one; what went wrong fails the stage at the end."""
+
+    def __init__(self, tree: str, directory: str):
+        self.tree, self.directory = tree, directory
+        self.errors: list[str] = []
+
+    def serve(self) -> None:
+        while True:
+            with open(os.path.join(self.directory, REQUESTS), "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+            for line in lines:
+                if line == STOP:
+                    return
+                if PID.fullmatch(line):
+                    self.answer(int(line))
+                else:  # no caller to answer: answer them all, or one would wait forever
+                    self.error(f"a garbled call-out notice {line[:80]!r}")
+                    for reply in glob.glob(os.path.join(self.directory, "reply.*")):
+                        if PID.fullmatch(waiting := reply.rpartition(".")[2]):
+                            self.reply(int(waiting), 1, f"pid {waiting}")
+
+    def answer(self, pid: int) -> None:
+        status, what = 1, f"pid {pid}"
         try:
-            requests = list(_requests(text))
-        except (ValueError, IndexError):
-            print(f"osbuild: a garbled call-out request: {text[:200]!r}", flush=True)
-            requests = []
-        for pid, name, umask, env, args in requests:
-            status = (_run(tree, directory, pid, name, umask, env, args)
-                      if name in CALLOUTS else 127)
-            _reply(os.path.join(directory, f"reply.{pid}"), status)
-        if text.rstrip("\n").endswith(STOP):
-            return
+            try:
+                with open(os.path.join(self.directory, f"request.{pid}"), "rb") as f:
+                    data = f.read()
+                request = parse_request(data, pid)
+            except (OSError, ValueError) as e:
+                self.error(f"a malformed call-out request from pid {pid}: {e}", pid)
+            else:
+                what = "".join(c if c.isprintable() else repr(c)[1:-1]  # one line
+                               for c in " ".join([request.name, *request.args])[:200])
+                status = _run(self.tree, self.directory, pid, request)
+        except Exception as e:  # noqa: BLE001 - a caller must be answered, whatever happened
+            self.error(f"a call-out ({what}) failed: {e!r}", pid)
+        self.reply(pid, status, what)
 
-
-def _reply(fifo: str, status: int) -> None:
-    """Send the caller its exit status; a caller that is gone (killed) gets none."""
-    deadline = time.monotonic() + REPLY_SECONDS
-    while True:
+    def reply(self, pid: int, status: int, what: str) -> None:
+        """Hand the caller its status; it holds its FIFO open, so no reader means it is gone."""
+        fifo = os.path.join(self.directory, f"reply.{pid}")
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.directory, f"request.{pid}"))
         try:
             fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError:  # ENXIO: the caller is not reading (yet), ENOENT: it is gone
-            if time.monotonic() > deadline or not os.path.exists(fifo):
-                print(f"osbuild: the caller of {fifo} is gone", flush=True)
-                return
-            time.sleep(0.01)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(f"{status}\n")
-    os.unlink(fifo)
+        except OSError as e:
+            self.error(f"the exit status of a call-out ({what}) was lost: "
+                       f"its caller, pid {pid}, {'is gone' if e.errno == errno.ENXIO else e}")
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{status}\n")
+        with contextlib.suppress(OSError):
+            os.unlink(fifo)
+
+    def error(self, message: str, pid: int | None = None) -> None:
+        self.errors.append(message)
+        print(f"osbuild: {message}", flush=True)
+        if pid is not None:  # where the caller's output goes too: the maintainer script's log
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/fd/2", "a") as err:
+                err.write(f"osbuild: {message}\n")
 
 
 def _stop(directory: str, thread: threading.Thread) -> None:
@@ -251,16 +304,24 @@ def _stop(directory: str, thread: threading.Thread) -> None:
 
 @contextmanager
 def serving(tree: str, directory: str, names: list[str]) -> Iterator[None]:
-    """Write the stand-ins for `names` into `directory` and answer their calls for the body."""
+    """Write the stand-ins for `names` into `directory` and answer their calls for the body.
+
+    A call that could not be served (a malformed request, a status that could not be
+    handed back) fails the stage afterwards, in one line, even if its caller went on.
+    """
     if not names:
         yield
         return
     for name in names:
         stagelib.write_file(directory, name, standin_script(name, directory), mode=0o755)
     os.mkfifo(os.path.join(directory, REQUESTS))
-    thread = threading.Thread(target=_serve, args=(tree, directory), daemon=True)
+    server = _Server(tree, directory)
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
         yield
     finally:
         _stop(directory, thread)
+        if server.errors:
+            more = f" (and {len(server.errors) - 1} more)" if len(server.errors) > 1 else ""
+            osbuild.api.fail(server.errors[0] + more)
