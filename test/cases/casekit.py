@@ -11,6 +11,14 @@ its subdirectory test/cases/<stage>/<cell>/, named "<stage>[<cell>]":
                           what gen-golden nulls ("don't care") when it writes
     diff.json             the expected tree diff a -> b (verify.treediff)
     packages.json         network cases: the expected dpkg package names
+    dpkg.json             trees with dpkg: what does not move between point releases:
+                          each package's stable status fields (by name:architecture),
+                          its conffiles and the commands it installs (dpkg_view)
+    debconf.json          trees with a debconf database: every question's Value,
+                          Owners and Flags in config.dat (debconf_view)
+    failure.json          a case whose b must fail: how it failed (failure_view);
+                          its presence is what makes the failure expected (a new
+                          failing case starts with {}, which gen-golden fills)
     image-info.json       image cases, once image-info exists: its expected report
 
 Running a case builds a and b with the real engine (any store, shared or
@@ -21,6 +29,7 @@ only ever written by write_goldens(), which tools/gen-golden calls on request.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,8 +45,17 @@ sys.path.insert(0, str(ROOT))
 from verify.compare import compare  # noqa: E402
 from verify.treediff import diff_trees  # noqa: E402
 
-GOLDENS = ("diff.json", "packages.json", "image-info.json")
+GOLDENS = ("diff.json", "packages.json", "dpkg.json", "debconf.json", "failure.json",
+           "image-info.json")
 DPKG_STATUS = "var/lib/dpkg/status"
+DPKG_INFO = "var/lib/dpkg/info"
+DEBCONF_CONFIG = "var/cache/debconf/config.dat"
+# dpkg status fields that a point release does not move (versions, sizes,
+# maintainers and dependency versions do).
+STABLE_FIELDS = ("Status", "Essential", "Priority", "Multi-Arch")
+# Where dpkg_view collects the commands a package installs (merged /usr or not).
+COMMAND_DIRS = ("bin/", "sbin/", "usr/bin/", "usr/sbin/")
+DEBCONF_FIELDS = ("Value", "Owners", "Flags")
 
 
 class CaseError(Exception):
@@ -91,6 +109,8 @@ class Build:
     tree: Path
     cached: bool
     seconds: float
+    # A build that was expected to fail and did: its failure_view().
+    failure: dict[str, Any] | None = None
 
 
 @dataclass
@@ -191,11 +211,17 @@ def all_cached(result: dict[str, Any]) -> bool:
 
 
 def build(manifest: Path, export: str, libdir: Path, store: Path, output: Path,
-          label: str) -> Build:
+          label: str, expect_failure: bool = False) -> Build:
     start = time.monotonic()
     cmd = [*osbuild_command(), "--libdir", str(libdir), "--store", str(store),
            "--output-directory", str(output), "--export", export, "--json", str(manifest)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if expect_failure:
+        if proc.returncode == 0:
+            raise CaseError(f"{label}: osbuild succeeded, but the case's failure.json says "
+                            "it must fail")
+        return Build(output / export, False, time.monotonic() - start,
+                     failure_view(proc, store, output / export))
     if proc.returncode != 0:
         raise CaseError(f"{label}: osbuild failed (exit {proc.returncode}):\n"
                         f"{tail(proc.stderr)}")
@@ -221,6 +247,101 @@ def dpkg_packages(tree: Path) -> dict[str, Any] | None:
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
             packages[fields["Package"]] = fields.get("Version")
     return {"packages": dict(sorted(packages.items()))}
+
+
+def control_stanzas(text: str) -> list[dict[str, str]]:
+    """The paragraphs of a dpkg or debconf database; continuation lines are joined."""
+    stanzas = []
+    for paragraph in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in paragraph.splitlines():
+            if line[:1] in (" ", "\t") and key:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields:
+            stanzas.append(fields)
+    return stanzas
+
+
+def dpkg_view(tree: Path) -> dict[str, Any] | None:
+    """What an archive tree's dpkg database says that a point release does not move.
+
+    `packages`: "name:architecture" -> the STABLE_FIELDS it has (so an amd64
+    package in an arm64 tree, or a half-configured one, differs); `conffiles`:
+    every package's conffile paths; `commands`: the paths in /bin, /sbin,
+    /usr/bin and /usr/sbin the packages' file lists name, and `missing`: those
+    of them that are not in the tree. None without dpkg.
+    """
+    status = tree / DPKG_STATUS
+    if not status.exists():
+        return None
+    packages: dict[str, dict[str, str]] = {}
+    conffiles: set[str] = set()
+    for fields in control_stanzas(status.read_text(encoding="utf-8", errors="replace")):
+        if "Package" not in fields:
+            continue
+        key = f"{fields['Package']}:{fields.get('Architecture', '')}"
+        packages[key] = {f: fields[f] for f in STABLE_FIELDS if f in fields}
+        for line in fields.get("Conffiles", "").splitlines():
+            if line.strip():
+                conffiles.add(line.split()[0])
+    commands: set[str] = set()
+    info = tree / DPKG_INFO
+    for listing in sorted(info.glob("*.list")) if info.is_dir() else []:
+        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+            path = line.strip().lstrip("/")
+            if path.startswith(COMMAND_DIRS) and path.count("/") == path.startswith("usr/") + 1:
+                commands.add("/" + path)
+    missing = sorted(p for p in commands if not os.path.lexists(tree / p.lstrip("/")))
+    return {"packages": dict(sorted(packages.items())), "conffiles": sorted(conffiles),
+            "commands": sorted(commands), "missing": missing}
+
+
+def debconf_view(tree: Path) -> dict[str, Any] | None:
+    """Every question in the tree's debconf database: its Value, Owners and Flags.
+
+    What debconf selected, read back from config.dat (the bytes of which follow
+    the archive's versions): a preseed answer that was lost or changed differs
+    here. None without a database.
+    """
+    config = tree / DEBCONF_CONFIG
+    if not config.exists():
+        return None
+    questions = {}
+    for fields in control_stanzas(config.read_text(encoding="utf-8", errors="replace")):
+        if "Name" in fields:
+            questions[fields["Name"]] = {f: fields[f] for f in DEBCONF_FIELDS if f in fields}
+    return {"questions": dict(sorted(questions.items()))}
+
+
+# The stage's id in osbuild's error line: it hashes the whole pipeline so far.
+STAGE_ID = re.compile(r" \([0-9a-f]{12}\)")
+
+
+def failure_view(proc: subprocess.CompletedProcess[str], store: Path,
+                 export: Path) -> dict[str, Any]:
+    """How a build failed: osbuild's exit status and error lines (ids left out), the
+    failing pipeline's stages and whether each succeeded, whether the failing stage's
+    object was committed to the store, and whether anything was exported."""
+    errors = [STAGE_ID.sub("", line) for line in proc.stderr.splitlines()
+              if line.startswith("osbuild: ") or line.startswith("    ")]
+    stages: list[list[Any]] = []
+    committed = False
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        result = {}
+    for pipeline in result.get("pipelines", {}).values():
+        ran = pipeline.get("stages", [])
+        if any(not s.get("success", True) for s in ran):
+            stages = [[s.get("type"), bool(s.get("success"))] for s in ran]
+            failed = [s["id"] for s in ran if not s.get("success") and "id" in s]
+            committed = any((store / "objects" / i).exists() for i in failed)
+    return {"exit": proc.returncode, "errors": errors, "stages": stages,
+            "committed": committed, "exported": export.exists()}
 
 
 def image_info_command() -> list[str] | None:
@@ -249,21 +370,34 @@ def run_case(case: Case, libdir: Path, store: Path, workdir: Path,
     """Build a and b, diff their exports; the exports are removed again afterwards.
 
     image-info runs when the case names an image and either with_image_info is
-    true or the case already has an image-info.json golden.
+    true or the case already has an image-info.json golden. A case with a
+    failure.json golden expects b to fail: the run records how (failure.json),
+    and its diff.json is a's tree against whatever b exported (a's own tree
+    when it exported nothing, as it must: failure.json says "exported": false).
     """
     start = time.monotonic()
     config = case.config
     export = config["export"]
+    expect_failure = (case.path / "failure.json").exists()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         a = build(materialize(case, "a", workdir), export, libdir, store, workdir / "out-a",
                   f"{case.name} a")
         b = build(materialize(case, "b", workdir), export, libdir, store, workdir / "out-b",
-                  f"{case.name} b")
-        documents: dict[str, Any] = {"diff.json": diff_trees(a.tree, b.tree)}
+                  f"{case.name} b", expect_failure=expect_failure)
+        documents: dict[str, Any] = {}
+        if b.failure is not None:
+            documents["failure.json"] = b.failure
+            if not b.tree.exists():
+                b = Build(a.tree, False, b.seconds, b.failure)
+        documents["diff.json"] = diff_trees(a.tree, b.tree)
         packages = dpkg_packages(b.tree)
         if packages is not None:
             documents["packages.json"] = packages
+        for name, view in (("dpkg.json", dpkg_view), ("debconf.json", debconf_view)):
+            found = view(b.tree)
+            if found is not None:
+                documents[name] = found
         wants_info = with_image_info if with_image_info is not None else \
             (case.path / "image-info.json").exists()
         if config.get("image") and wants_info:
