@@ -115,18 +115,14 @@ def uefi_sample(vm_builder: Builder) -> VMImage:
 
 
 @pytest.fixture(scope="session")
-def xfs_image(vm_builder: Builder) -> VMImage:
-    return vm_builder.build(TEMPLATES / "xfs-root.yaml")
+def xfs_web_image(vm_builder: Builder) -> VMImage:
+    """An xfs root that also serves HTTP with lighttpd: one boot checks both."""
+    return vm_builder.build(TEMPLATES / "xfs-web.yaml")
 
 
 @pytest.fixture(scope="session")
 def btrfs_image(vm_builder: Builder) -> VMImage:
     return vm_builder.build(TEMPLATES / "btrfs-root.yaml")
-
-
-@pytest.fixture(scope="session")
-def web_image(vm_builder: Builder) -> VMImage:
-    return vm_builder.build(TEMPLATES / "web-server.yaml")
 
 
 @pytest.fixture(scope="session")
