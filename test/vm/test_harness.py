@@ -327,7 +327,7 @@ def option(cmd: list[str], name: str) -> list[str]:
     ("x86_64", True, [], "max",
      ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
       "-drive", "if=pflash,format=raw,unit=1,file=@/efivars.fd"], "ttyS0", 1.0),
-    ("arm64", False, ["virt"], "max",
+    ("arm64", False, ["virt"], "max,pauth-impdef=on",
      ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
       "-drive", "if=pflash,format=raw,unit=1,file=@/efivars.fd"], "ttyAMA0", 6.0),
     ("riscv64", False, ["virt"], "rv64",
