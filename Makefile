@@ -38,9 +38,9 @@ bench: setup $(SAMPLE) $(BENCH_FOREIGN)
 	$(AS_ROOT) $(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT) \
 		$(if $(BENCH_FOREIGN),--foreign $(BENCH_FOREIGN)) $(BENCH_ARGS)
 
-# The 25 slowest tests close the output: where the suite's time goes, in every CI log.
+# The 50 slowest test phases close the output: where the suite's time goes, in every CI log.
 test: setup
-	$(AS_ROOT) $(PY) -m pytest -n auto -q --durations=25 $(PYTEST_ARGS)
+	$(AS_ROOT) $(PY) -m pytest -n auto -q --durations=50 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(AS_ROOT) $(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)

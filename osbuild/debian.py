@@ -129,7 +129,8 @@ def tree_architecture(tree: str) -> str | None:
 
 
 def check_can_run(architecture: str, mmdebstrap: bool = False) -> None:
-    """Fail clearly when programs of `architecture` cannot run in this sandbox.
+    """Fail clearly when programs of `architecture` cannot run in this sandbox, and
+    have qemu-user emulate the CPU it emulates fastest for them.
 
     A foreign tree's programs run through the host's qemu-user, which the engine
     registers with binfmt_misc for stages that ask for it (see osbuild/binfmt.py).
@@ -145,6 +146,10 @@ def check_can_run(architecture: str, mmdebstrap: bool = False) -> None:
     if mmdebstrap and not shutil.which("arch-test"):
         osbuild.api.fail(f"an {architecture} tree needs arch-test in the build root "
                          "(mmdebstrap checks emulation with it)")
+    # Every program of the tree started from here on inherits it (qemu-user reads it).
+    known = architectures.ARCHITECTURES.get(architecture)
+    if known and known.qemu_cpu:
+        os.environ["QEMU_CPU"] = known.qemu_cpu
 
 
 # --- initrds ------------------------------------------------------------------------------

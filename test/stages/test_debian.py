@@ -623,6 +623,22 @@ def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
     debian.check_can_run("all")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="registering binfmt_misc handlers needs root")
+def test_qemu_user_emulates_arm64_with_its_fast_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a stage knows it can run an arm64 tree, every program it starts runs on
+    osbuild.architectures' CPU (QEMU_CPU); riscv64 keeps qemu's default."""
+    from osbuild import binfmt, debian
+
+    if debian.native_architecture() != "amd64":
+        pytest.skip("an amd64 host emulates arm64 and riscv64")
+    monkeypatch.delenv("QEMU_CPU", raising=False)
+    with binfmt.emulation():
+        debian.check_can_run("riscv64")
+        assert "QEMU_CPU" not in os.environ
+        debian.check_can_run("arm64")
+        assert os.environ["QEMU_CPU"] == "max,pauth-impdef=on"
+
+
 @pytest.mark.parametrize("compression", ["xz", "gzip"])
 def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: str) -> None:
     """A foreign install's packages are handed to dpkg uncompressed: same control, same data."""
