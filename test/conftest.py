@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,22 +71,55 @@ def corpus_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The default sample, pinned from its template and built once per session.
+def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The default sample, pinned from its template and built from an empty store once
+    per run: all pytest-xdist workers share it (the first to need it builds it, the
+    others wait on the lock), and the last to leave removes it, some 2 GB.
 
-    Under pytest-xdist each worker builds its own (they share no session);
-    tests that use it are marked slow.
+    `build(pinned, out)` builds a manifest into the same store, one build at a time,
+    exporting to `out`, and returns osbuild --json's result. Tests that use this are
+    marked slow.
     """
-    work = tmp_path_factory.mktemp("default-sample")
-    manifest = work / "debian13-qcow2.json"
-    subprocess.run([sys.executable, "-m", "osbuild.mpp",
-                    str(ROOT / "samples/src/debian13-qcow2.yaml"), str(manifest)], check=True)
-    cmd = [sys.executable, "-m", "osbuild", "--json", "--store", str(work / "store"),
-           "--output-directory", str(work / "out"), "--export", "qcow2", str(manifest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    yield {"manifest": json.loads(manifest.read_text()), "result": json.loads(proc.stdout),
-           "image": work / "out/qcow2/debian13.qcow2", "store": work / "store",
-           "command": cmd}
-    # Some 2 GB per worker: pytest keeps its last three runs' temp dirs.
-    remove_tree(work)
+    base = tmp_path_factory.getbasetemp()
+    # The directory every worker of the run shares, as test/vm/conftest.py's _run_root.
+    work = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "default-sample"
+    work.mkdir(exist_ok=True)
+    lock, users, failed = work / "build.lock", work / "users", work / "failed"
+    store, out = work / "store", work / "out"
+    pinned, first = work / "debian13-qcow2.json", work / "first-build.json"
+
+    def osbuild(manifest: Path, output: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "osbuild", "--json", "--store", str(store),
+                               "--output-directory", str(output), "--export", "qcow2",
+                               str(manifest)], capture_output=True, text=True)
+
+    def build(manifest: Path, output: Path) -> dict[str, Any]:
+        with corpus.locked(lock):
+            proc = osbuild(manifest, output)
+        assert proc.returncode == 0, f"building {manifest.name}: {proc.stderr[-3000:]}"
+        return dict(json.loads(proc.stdout))
+
+    with corpus.locked(lock):
+        # A failed first build fails every worker with its reason, not with a build each.
+        assert not failed.exists(), f"building the default sample: {failed.read_text()}"
+        if not first.exists():
+            subprocess.run([sys.executable, "-m", "osbuild.mpp",
+                            str(ROOT / "samples/src/debian13-qcow2.yaml"), str(pinned)],
+                           check=True)
+            proc = osbuild(pinned, out)
+            if proc.returncode != 0:
+                failed.write_text(proc.stderr[-3000:])
+                remove_tree(store)
+                remove_tree(out)
+                raise AssertionError(f"building the default sample: {proc.stderr[-3000:]}")
+            first.write_text(proc.stdout)
+        users.write_text(str(int(users.read_text()) + 1 if users.exists() else 1))
+    yield {"manifest": json.loads(pinned.read_text()), "result": json.loads(first.read_text()),
+           "image": out / "qcow2/debian13.qcow2", "pinned": pinned, "build": build}
+    with corpus.locked(lock):
+        left = int(users.read_text()) - 1
+        users.write_text(str(left))
+        if left == 0:  # a worker that comes later builds it again, from empty
+            for entry in work.iterdir():
+                if entry not in (lock, users):
+                    remove_tree(entry)

@@ -1,7 +1,9 @@
 """Fixtures for the boot tests: images built once into a store shared by the session.
 
-Every test/vm image is pinned from its template (test/data/vm/*.yaml, or a
-sample) with osbuild-mpp and built with `python3 -m osbuild` into one store
+Every test/vm image but the default sample (test/conftest.py's default_sample,
+built once per run from an empty store) is pinned from its template
+(test/data/vm/*.yaml, or a sample) with osbuild-mpp and built with
+`python3 -m osbuild` into one store
 that all pytest-xdist workers of the run share: builds are serialized by a
 lock (they share a build root, so the second one reuses it), boots run in
 parallel. The session's SSH key replaces the templates' @SSH_PUBLIC_KEY@.
@@ -20,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vmkit import Builder, Guest, VMImage, locked
@@ -126,13 +129,11 @@ def btrfs_image(vm_builder: Builder) -> VMImage:
 
 
 @pytest.fixture(scope="session")
-def default_image(vm_builder: Builder) -> VMImage:
-    """The default sample, built once for all workers into the shared store.
-
-    Not test/conftest.py's `default_sample`, which every worker builds again in a
-    store of its own (test_sample.py needs that one: it checks a build from empty).
-    """
-    return vm_builder.build(ROOT / "samples/src/debian13-qcow2.yaml")
+def default_image(default_sample: dict[str, Any]) -> VMImage:
+    """The default sample: test/conftest.py's `default_sample`, built once per run from
+    an empty store (its pinned manifest is the one vm_builder would pin: the sample
+    has no SSH key to inject)."""
+    return VMImage("debian13-qcow2", default_sample["image"], default_sample["manifest"])
 
 
 @pytest.fixture
