@@ -10,14 +10,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import formats, interrupts, store_cli
-from .errors import ManifestError, OsbuildError, StageFailed, StageTimeout
-from .meta import default_libdir
-from .monitor import MONITORS, LogMonitor, Monitor
-from .objectstore import ObjectStore, default_store_path
-from .pipeline import Builder, after_interrupt
-from .sizes import DEFAULT_MAX_SIZE, size_option
-from .validate import validate
+# jsonschema, when first imported, imports every format-checking library it finds, and
+# rfc3987-syntax (installed with cyclonedx's json-validation extra, for image-info's SBOM
+# check) compiles its grammar then: about a second of every build's start, most of a
+# fully cached rebuild. The engine checks no formats, so its process goes without it
+# (jsonschema treats the failed import as not installed). Before the imports below.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+from . import formats, interrupts, store_cli  # noqa: E402
+from .errors import ManifestError, OsbuildError, StageFailed, StageTimeout  # noqa: E402
+from .meta import default_libdir  # noqa: E402
+from .monitor import MONITORS, LogMonitor, Monitor  # noqa: E402
+from .objectstore import ObjectStore, default_store_path  # noqa: E402
+from .pipeline import Builder, after_interrupt  # noqa: E402
+from .sizes import DEFAULT_MAX_SIZE, size_option  # noqa: E402
+from .validate import validate  # noqa: E402
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70

@@ -138,3 +138,18 @@ def test_toolkit_modules_are_small() -> None:
     big = {name: n for name, path in engine_modules().items() if is_toolkit(name)
            and (n := len(path.read_text(encoding="utf-8").splitlines())) > TOOLKIT_MAX_LINES}
     assert not big, f"toolkit modules over {TOOLKIT_MAX_LINES} lines (one concern each): {big}"
+
+
+def test_the_engine_starts_without_rfc3987_syntaxs_grammar() -> None:
+    """`osbuild` imports jsonschema, which imports every format library installed; the
+    command keeps rfc3987-syntax (a grammar compiled at import, most of a cached
+    rebuild) out of its process. The library is installed here (cyclonedx's extra)."""
+    import subprocess
+
+    pytest.importorskip("rfc3987_syntax")
+    code = ("import sys, osbuild.main_cli, jsonschema; "
+            "print(sorted(m for m, v in sys.modules.items() "
+            "if v is not None and m.split('.')[0] in ('rfc3987_syntax', 'lark')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
