@@ -77,8 +77,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 # were offered, and a device may still be held for a moment after an unmount.
 ATTACH_TRIES = 10
 DETACH_TRIES = 6
-SETTLE_TIME = 2.0
 LOCK_TIMEOUT = 10.0
+# How long a detached device still in use may take to go with its last user.
+# Until it goes, a file system on it may still be writing into the image (a
+# lazily unmounted one flushes when released), so the stage is not done.
+RELEASE_TIME = 30.0
 
 
 def run_to_end(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], BaseException | None]:
@@ -183,18 +186,74 @@ def _try_detach(
         if "No such device or address" in result.stderr:
             return None
         if result.returncode == 0:
-            # A device still open elsewhere (a lazily unmounted file system, a
-            # tool listing loop devices) is only marked for auto-clear and goes
-            # with its last user: give a brief user time, so callers see it gone.
-            deadline = time.monotonic() + SETTLE_TIME
-            while _identity(device) == current and time.monotonic() < deadline:
-                pause(0.02, interrupts)
-            return None
+            return _wait_released(device, current, interrupts)
         message = one_line(result.stderr)
         if attempt < DETACH_TRIES - 1:
             pause(delay, interrupts)
             delay *= 2
     return f"cannot detach loop device {device}: {message}"
+
+
+def _wait_released(
+    device: str, bound: tuple[str, str], interrupts: list[BaseException]
+) -> str | None:
+    """Wait until `device` is no longer bound to `bound`; return why it still is, or None.
+
+    A device still open elsewhere (a lazily unmounted file system, a tool that
+    probes block devices) is only marked for auto-clear and goes with its last
+    user. The image is not finished before that, so the caller waits for it.
+    """
+    deadline = time.monotonic() + RELEASE_TIME
+    delay = 0.01
+    while _identity(device) == bound:
+        if time.monotonic() > deadline:
+            users = "; ".join(device_users(device)) or "no process shows it"
+            return (
+                f"loop device {device} ({bound[0]}) is still in use {RELEASE_TIME:.0f} s "
+                f"after its detach: {users}"
+            )
+        pause(delay, interrupts)
+        delay = min(delay * 2, 0.25)
+    return None
+
+
+def device_users(device: str) -> list[str]:
+    """Who keeps `device` busy: processes with the node open or a file, cwd or root
+    on it, and mount namespaces (named by a process in them) that still mount it."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        return []
+    numbers = f"{os.major(rdev)}:{os.minor(rdev)}"
+    found, namespaces = [], set()
+    for pid in sorted(int(n) for n in os.listdir("/proc") if n.isdigit()):
+        proc = Path(f"/proc/{pid}")
+        try:
+            comm = (proc / "comm").read_text().strip()
+            links = [proc / "cwd", proc / "root", *(proc / "fd").iterdir()]
+            namespace = os.readlink(proc / "ns/mnt")
+            mountinfo = (proc / "mountinfo").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        for link in links:
+            try:
+                st = os.stat(link)
+            except OSError:
+                continue
+            name = link.name if link.parent == proc else f"fd {link.name}"
+            if st.st_rdev == rdev and link.parent != proc:
+                found.append(f"pid {pid} ({comm}) has it open")
+            elif st.st_dev == rdev:
+                found.append(f"pid {pid} ({comm}) uses a file on it ({name})")
+            else:
+                continue
+            break
+        if namespace not in namespaces and any(
+            line.split()[2] == numbers for line in mountinfo.splitlines()
+        ):
+            namespaces.add(namespace)
+            found.append(f"it is mounted in the mount namespace of pid {pid} ({comm})")
+    return found
 
 
 def _detach(device: str, identity: tuple[str, str] | None, strict: bool) -> None:

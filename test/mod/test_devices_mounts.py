@@ -460,20 +460,40 @@ def test_cleanup_when_the_block_raises(work, exc_type):
     assert not any(attached_to(d, tree / "disk.img") for d in devs.values())
 
 
-def test_busy_mount_is_detached_lazily(work):
+def test_busy_mount_is_detached_lazily_and_its_user_named(work, monkeypatch):
+    """A file kept open in /boot: unmounted lazily, and the device's user is named."""
+    monkeypatch.setattr(devmod, "RELEASE_TIME", 1.0)
     tree, mnt = prepared_disk(work), work / "mnt"
-    with contextlib.ExitStack() as stack:
-        devs = open_devices(DEVICES, tree, stack)
-        mount_all(MOUNTS, devs, mnt, stack)
-        busy = open(mnt / "boot" / "held", "w")  # keeps /boot busy past the unmount
+    with pytest.raises(OsbuildError) as error:
+        with contextlib.ExitStack() as stack:
+            devs = open_devices(DEVICES, tree, stack)
+            mount_all(MOUNTS, devs, mnt, stack)
+            busy = open(mnt / "boot" / "held", "w")  # keeps /boot busy past the unmount
     try:
         assert mounts_under(work) == set()
         assert not attached_to(devs["root"], tree / "disk.img")
+        assert str(error.value) == (
+            f"loop device {devs['bootdev']} "
+            f"({tree / 'disk.img'}) is still in use 1 s after its detach: "
+            f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()}) uses a file "
+            f"on it (fd {busy.fileno()})"
+        )
     finally:
         busy.close()
     # The kernel frees the device once the lazily unmounted file system lets go.
     assert wait_detached(devs["bootdev"], tree / "disk.img")
     assert state(work) == (set(), set())
+
+
+def test_detach_waits_for_a_late_user_to_let_go(work):
+    """A device still open when detached goes with its last user; the engine waits for
+    that, so the next stage never reads an image a file system may still write to."""
+    image = sparse(work / "disk.img", 4 * MiB)
+    with loopback(image, 0, None) as dev:
+        threading.Timer(3.0, os.close, [os.open(dev, os.O_RDONLY)]).start()
+        started = time.monotonic()
+    assert time.monotonic() - started >= 2.5
+    assert not attached_to(dev, image)
 
 
 def test_ctrl_c_in_a_running_build_cleans_up(work):
@@ -483,9 +503,11 @@ def test_ctrl_c_in_a_running_build_cleans_up(work):
         f"""
         import contextlib, json, sys, time
         from pathlib import Path
+        from osbuild import devices
         from osbuild.devices import open_devices
         from osbuild.model import Device, Mount
         from osbuild.mounts import mount_all
+        devices.RELEASE_TIME = 1.0  # the file it holds keeps the device until it exits
         with contextlib.ExitStack() as stack:
             devs = open_devices({DEVICES!r}, Path({str(tree)!r}), stack)
             mount_all({MOUNTS!r}, devs, Path({str(mnt)!r}), stack)
@@ -521,9 +543,11 @@ def test_ctrl_c_during_cleanup_still_cleans_up(work):
         f"""
         import contextlib, sys
         from pathlib import Path
+        from osbuild import devices
         from osbuild.devices import open_devices
         from osbuild.model import Device, Mount
         from osbuild.mounts import mount_all
+        devices.RELEASE_TIME = 1.0  # the file it holds keeps the device until it exits
         with contextlib.ExitStack() as stack:
             devs = open_devices({DEVICES!r}, Path({str(tree)!r}), stack)
             mount_all({MOUNTS[:1]!r}, devs, Path({str(mnt)!r}), stack)
@@ -550,6 +574,7 @@ def test_ctrl_c_during_cleanup_still_cleans_up(work):
             proc.kill()
             proc.wait()
     assert "KeyboardInterrupt" in err and out == ""
+    assert "is still in use 1 s after its detach" in err
     deadline = time.monotonic() + 5
     while loops_under(work) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 from harness import Osbuild
 
+from osbuild.devices import device_users
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "test/data/interrupt/image.json"
 MIRROR_PLACEHOLDER = "http://mirror.example/debian"
@@ -263,7 +265,9 @@ def assert_interrupted_cleanly(osbuild: Osbuild, build: Build, sig: signal.Signa
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0], f"{where}: stderr was:\n{err[-3000:]}"
     assert not mounts_under(osbuild.workdir), where
-    assert not loops_under(osbuild.workdir), where
+    loops = loops_under(osbuild.workdir)
+    used = [device_users(line.split()[0]) for line in loops]
+    assert not loops, f"{where}: {loops}, used by: {used}"
     alive = [f"{p.pid} {p.comm}: {command_line(p)}" for p in seen if p.alive()]
     assert not alive, f"{where}: processes outlived the build: {alive}"
     assert not processes_mentioning(osbuild.workdir), where
