@@ -15,7 +15,6 @@ and whether the device fits in it.
 import contextlib
 import fcntl
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from osbuild import interrupts
-from osbuild.errors import OsbuildError, ToolMissing, one_line
+from osbuild.errors import OsbuildError, one_line
+from osbuild.interrupts import pause, run_to_end
 from osbuild.model import Device
 
 # A path inside the tree: relative or absolute (taken as relative to the tree),
@@ -84,39 +84,6 @@ LOCK_TIMEOUT = 10.0
 RELEASE_TIME = 30.0
 
 
-def run_to_end(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], BaseException | None]:
-    """Run `cmd` to its end even through Ctrl-C, and return its result and the interrupt.
-
-    A losetup or mount killed half-way may leave a device attached or a file
-    system mounted that nobody knows of. So the child runs in its own session
-    (a terminal's Ctrl-C does not reach it) and is waited for; the caller learns
-    what it did, cleans up, and then re-raises the interrupt. (Under the osbuild
-    command the interrupt is held back from the start, so it cannot land between
-    starting the tool and waiting for it either.)
-    """
-    interrupt: BaseException | None = None
-    with interrupts.deferred(reraise=False) as held:
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise ToolMissing(f"{cmd[0]} is not installed (it comes with util-linux)") from None
-        while True:
-            try:
-                out, err = proc.communicate()
-                break
-            except BaseException as exc:  # deferred: the caller re-raises it
-                interrupt = interrupt or exc
-    interrupt = interrupt or held.exception()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), interrupt
-
-
 def _sysfs(device: str) -> Path:
     return Path("/sys/block") / os.path.basename(device) / "loop"
 
@@ -159,14 +126,6 @@ def _attach(
             raise OsbuildError(f"cannot attach {image} to a loop device: {one_line(result.stderr)}")
         time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def pause(seconds: float, interrupts: list[BaseException]) -> None:
-    """Sleep during a cleanup; a Ctrl-C is kept in `interrupts` so the cleanup can finish."""
-    try:
-        time.sleep(seconds)
-    except BaseException as exc:  # deferred: the cleanup re-raises it when done
-        interrupts.append(exc)
 
 
 def _try_detach(

@@ -8,16 +8,21 @@ the first has come the others are ignored; the cleanup is bounded and takes seco
 An interrupt may land between any two steps, also between taking a resource and
 registering its release: a child started but not yet known to its caller runs on
 unseen. Such steps run `deferred()`: an interrupt meanwhile is raised at their end.
+A tool that must not be cut short (losetup, mount, umount) runs through
+`run_to_end()`: out of the terminal's reach, waited for, its interrupt handed back.
 """
 
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn
+
+from osbuild.errors import ToolMissing
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -106,3 +111,44 @@ def popen(*args: Any, on_interrupt: Callable[[subprocess.Popen], None],
 def kill_and_wait(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
+
+
+def run_to_end(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], BaseException | None]:
+    """Run `cmd` to its end even through Ctrl-C, and return its result and the interrupt.
+
+    A losetup or mount killed half-way may leave a device attached or a file
+    system mounted that nobody knows of. So the child runs in its own session
+    (a terminal's Ctrl-C does not reach it) and is waited for; the caller learns
+    what it did, cleans up, and then re-raises the interrupt. (Under the osbuild
+    command the interrupt is held back from the start, so it cannot land between
+    starting the tool and waiting for it either.)
+    """
+    interrupt: BaseException | None = None
+    with deferred(reraise=False) as held:
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise ToolMissing(f"{cmd[0]} is not installed (it comes with util-linux)") from None
+        while True:
+            try:
+                out, err = proc.communicate()
+                break
+            except BaseException as exc:  # deferred: the caller re-raises it
+                interrupt = interrupt or exc
+    interrupt = interrupt or held.exception()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), interrupt
+
+
+def pause(seconds: float, interrupts: list[BaseException]) -> None:
+    """Sleep during a cleanup; a Ctrl-C is kept in `interrupts` so the cleanup can finish."""
+    try:
+        time.sleep(seconds)
+    except BaseException as exc:  # deferred: the cleanup re-raises it when done
+        interrupts.append(exc)

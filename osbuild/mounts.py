@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from osbuild import interrupts
-from osbuild.devices import pause, run_to_end
 from osbuild.errors import OsbuildError, one_line
+from osbuild.interrupts import pause, run_to_end
 from osbuild.model import Mount
 
 _READONLY = {

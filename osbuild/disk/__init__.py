@@ -16,7 +16,9 @@ whole images with the same ones. Callers import the module they need:
 - fat: FAT content written with mtools (this kernel has no vfat driver);
 - grub_bios: GRUB for BIOS (boot.img, core.img) without grub-install;
 - convert: raw images to qcow2, vmdk, vpc, vdi, vhdx with qemu-img, with the
-  random ids and times qemu-img writes made reproducible.
+  random ids and times qemu-img writes made reproducible;
+- sparse: the data extents of a sparse file (SEEK_DATA/SEEK_HOLE), which convert
+  and fromdir walk.
 
 Everything here is deterministic where the tools allow it: ids that tools
 would pick at random are derived from the request or the image's content, and

@@ -17,6 +17,7 @@ from typing import Any
 from osbuild import tool
 from osbuild.api import fail
 from osbuild.disk.blockdev import SECTOR, source_date_epoch
+from osbuild.disk.sparse import data_extents
 
 VPC_EPOCH = 946684800  # VHD timestamps count from 2000-01-01 00:00 UTC
 
@@ -62,21 +63,16 @@ def data_digest(path: str) -> bytes:
     zero = bytes(DIGEST_BLOCK)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        end = os.lseek(fd, 0, os.SEEK_END)
-        pos = done = 0  # done: the blocks before it are hashed
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # only a hole is left
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            for index in range(max(data // DIGEST_BLOCK, done), (hole - 1) // DIGEST_BLOCK + 1):
+        done = 0  # the blocks before it are hashed
+        for data, length in data_extents(fd):
+            # An extent may begin in the last block hashed: each block counts once.
+            last = (data + length - 1) // DIGEST_BLOCK
+            for index in range(max(data // DIGEST_BLOCK, done), last + 1):
                 chunk = os.pread(fd, DIGEST_BLOCK, index * DIGEST_BLOCK)
                 if chunk != zero[:len(chunk)]:
                     digest.update(struct.pack("<Q", index) + chunk)
-            done = (hole - 1) // DIGEST_BLOCK + 1
-            pos = max(hole, done * DIGEST_BLOCK)
-        digest.update(struct.pack("<Q", end))
+            done = max(done, last + 1)
+        digest.update(struct.pack("<Q", os.lseek(fd, 0, os.SEEK_END)))
     finally:
         os.close(fd)
     return digest.digest()

@@ -20,6 +20,7 @@ from osbuild import tool
 from osbuild.api import fail
 from osbuild.disk.blockdev import source_date_epoch
 from osbuild.disk.proto import write_proto
+from osbuild.disk.sparse import data_extents
 
 FS_BLOCK = 4096
 FS_INODE = 256
@@ -258,14 +259,8 @@ def copy_sparse(source: str, target: str, offset: int) -> None:
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     dst = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        end = os.lseek(src, 0, os.SEEK_END)
-        pos = 0
-        while pos < end:
-            try:
-                pos = os.lseek(src, pos, os.SEEK_DATA)
-            except OSError:
-                break  # only a hole is left
-            hole = os.lseek(src, pos, os.SEEK_HOLE)
+        for pos, length in data_extents(src):
+            hole = pos + length
             while pos < hole:
                 done = os.copy_file_range(src, dst, hole - pos, pos, offset + pos)
                 if done == 0:

@@ -28,8 +28,9 @@ import pytest
 from osbuild import devices as devmod
 from osbuild import formats
 from osbuild import mounts as mntmod
-from osbuild.devices import loopback, open_devices, run_to_end
+from osbuild.devices import loopback, open_devices
 from osbuild.errors import ManifestError, OsbuildError
+from osbuild.interrupts import run_to_end
 from osbuild.model import Device, Mount
 from osbuild.mounts import mount_all
 from osbuild.validate import validate
@@ -585,7 +586,7 @@ def test_run_to_end_survives_ctrl_c():
     """Ctrl-C reaches the group; the tool finishes and the interrupt is handed back."""
     script = textwrap.dedent(
         """
-        from osbuild.devices import run_to_end
+        from osbuild.interrupts import run_to_end
         result, interrupt = run_to_end(["sh", "-c", "sleep 1; echo finished"])
         print(result.returncode, result.stdout.strip(), type(interrupt).__name__)
         """

@@ -40,6 +40,7 @@ from stagetest import LIBDIR, load_meta, run_stage
 from osbuild.debian import compare_versions
 from osbuild.disk.convert import data_digest
 from osbuild.disk.partition import partition_uuid
+from osbuild.disk.sparse import data_extents
 
 MiB = 1024 * 1024
 ROOT_UUID = "6e4ff95f-f662-45ee-a82a-bdf44a2d0b75"
@@ -468,6 +469,32 @@ def test_the_seed_of_converted_ids_is_the_content_not_the_holes(tmp_path: Path) 
         f.seek((10 << 20) - 1)
         f.write(b"!")
     assert data_digest(str(sparse)) != data_digest(str(dense))
+
+
+def test_data_extents_are_the_data_between_the_holes(tmp_path: Path) -> None:
+    """Holes before, between and after two data extents; zeros written out are data."""
+    path = tmp_path / "sparse.raw"
+
+    def extents() -> list[tuple[int, int]]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return list(data_extents(fd))
+        finally:
+            os.close(fd)
+
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(1 * MiB)
+        f.write(b"\x01" * MiB)
+        f.seek(5 * MiB)
+        f.write(bytes(MiB // 2))
+    assert extents() == [(1 * MiB, MiB), (5 * MiB, MiB // 2)]
+    with open(path, "r+b") as f:
+        f.truncate(5 * MiB + 1024)  # the file now ends inside its last extent
+    assert extents() == [(1 * MiB, MiB), (5 * MiB, 1024)]
+    with open(path, "wb") as f:
+        f.truncate(MiB)
+    assert extents() == []
 
 
 @pytest.mark.slow
