@@ -549,7 +549,8 @@ class VM:
 
     def wait_boot(self, timeout: float | None = None, until: str = "any",
                   login: re.Pattern[str] = LOGIN, silence: float | None = None) -> BootResult:
-        """Wait for the boot marker or a login prompt (`until`: any, marker or login).
+        """Wait for the boot marker or a login prompt (`until`: any, marker or login), or
+        only for the kernel's first words (`until`: kernel, for what ends at the handoff).
 
         `timeout` counts from qemu's start, so waiting again (say for the login prompt
         after the marker) keeps the same deadline.
@@ -598,6 +599,9 @@ class VM:
             if prompt and until in ("any", "login"):
                 result.success, result.reason = True, "reached the login prompt"
                 return result
+            if until == "kernel" and "kernel" in self.milestones:
+                result.success, result.reason = True, "the kernel started"
+                return result
             reason = self.failure(serial)
             if reason is None and handoff is not None and not serial.strip():
                 reason = self._silent(now - max(handoff, screen_changed), silence)
@@ -617,7 +621,7 @@ class VM:
                     reason = f"the guest is {status}"
             if reason is None and elapsed > timeout:
                 wanted = {"any": "boot marker or login prompt", "marker": "boot marker",
-                          "login": "login prompt"}[until]
+                          "login": "login prompt", "kernel": "kernel"}[until]
                 reason = (f"no {wanted} after {timeout:.0f}s "
                           f"({self.accel.name}: {self.accel.reason})")
             if reason is not None:

@@ -8,8 +8,9 @@ debugfs on the root file system (no mount), GRUB without its module lists or
 without its modules, no kernel, and an initramfs without the ext4 driver.
 Where GRUB fails before it has read grub.cfg (which turns on its serial
 terminal) only the VGA screen shows why: the harness reads it too. One more
-image puts GRUB on the screen only and must boot: silence on the serial
-console is not a failure while the screen shows a boot loader at work.
+image puts GRUB on the screen only and must get to its kernel (the rest of that
+boot is the sample's, booted in test_sample.py): silence on the serial console
+is not a failure while the screen shows a boot loader at work.
 Each must be told by its sign, not by the boot timeout (the hang guard).
 """
 
@@ -232,7 +233,7 @@ def test_initramfs_without_the_root_fs_driver(raw_copy: Path, root_fs: RootFS,
         result.report()
 
 
-def test_grub_on_the_screen_only_still_boots(raw_copy: Path, root_fs: RootFS,
+def test_grub_on_the_screen_only_still_gets_to_the_kernel(raw_copy: Path, root_fs: RootFS,
                                              tmp_path: Path) -> None:
     config = root_fs.read("/boot/grub/grub.cfg").decode()
     serial = [line for line in config.splitlines() if line.startswith(("serial", "terminal_"))]
@@ -241,7 +242,7 @@ def test_grub_on_the_screen_only_still_boots(raw_copy: Path, root_fs: RootFS,
         config = config.replace(line + "\n", "")
     root_fs.replace("/boot/grub/grub.cfg", config.encode())
     with qemu.VM(raw_copy, forwards=(), artifacts=tmp_path / "artifacts") as vm:
-        result = vm.wait_boot()
+        result = vm.wait_boot(until="kernel")
         assert result.success, result.report()
         assert "Loading Linux" in vm.screen  # what GRUB showed while the serial console was silent
     assert "GNU GRUB" not in result.log  # nothing of GRUB on the serial console
