@@ -3,3 +3,5 @@
 # treediff: two trees as upstream's diff.json; compare: a document against a
 # golden in which null means "don't care" (both used by test/cases).
 # metrics: what osbuild-boot-test --json reports of a boot (milestones, systemd's view).
+# bootlog: what a boot's consoles and screen mean (failure signs, milestones), no qemu;
+# qemu: the machine itself (process, QMP, screen capture, artifacts).

@@ -13,7 +13,8 @@ bug, as this project's own are.
 import re
 from pathlib import Path
 
-from .qemu import LOGIN, VM, BootResult
+from .bootlog import LOGIN, BootResult
+from .qemu import VM
 
 __all__ = ["LOGIN", "BootResult", "boot", "failed_units", "require_running"]
 

@@ -26,8 +26,9 @@ from types import FrameType
 from . import metrics
 from .arches import Arch, accelerator, lookup, names
 from .boot import failed_units
+from .bootlog import BOOT_SECONDS, BootResult, console_tail
 from .console import ConsoleError
-from .qemu import BOOT_SECONDS, VM, BootResult, VMError, console_tail, default_artifacts
+from .qemu import VM, VMError, default_artifacts
 from .ssh import SSHError
 
 PROG = "osbuild-boot-test"

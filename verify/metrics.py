@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .qemu import VM, BootResult
+from .bootlog import BootResult
+from .qemu import VM
 
 UNITS = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|min|ms|us|s)\b")

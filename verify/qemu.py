@@ -13,7 +13,8 @@ lives in one temp dir that is removed on the way out, after qemu is stopped
 (QMP quit, then SIGKILL); qemu also dies with the Python process that started
 it. When the block fails, or a boot does, the logs and a QMP screendump are
 kept in an artifacts directory. What differs between architectures (binary,
-machine, firmware) is in verify.arches.
+machine, firmware) is in verify.arches; what the consoles say of a boot (its
+milestones, its failure signs) in verify.bootlog.
 """
 
 import asyncio
@@ -30,7 +31,6 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,63 +40,18 @@ from qemu.qmp import QMPClient, QMPError
 from osbuild.accel import Accel
 
 from .arches import Arch, accelerator, lookup, names
+from .bootlog import BOOT_SECONDS, LOGIN, SILENCE_SECONDS, BootResult, BootWatch
 from .console import SerialConsole
 from .ssh import SSH
 
 MARKER_PORT = "org.osbuild.test"
-LOGIN = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*) login: ", re.MULTILINE)
-# TCG seconds (scaled down for KVM): a UEFI boot under TCG takes about 70 s.
-BOOT_SECONDS = 300.0
-SILENCE_SECONDS = 30.0
 ARTIFACTS_ENV = "OSBUILD_BOOT_ARTIFACTS"
 WORKDIR_PREFIX = "osbuild-vm-"  # then the owner's pid: stale ones can be found
-# `systemctl is-system-running` states of a system that came up (degraded: some unit failed).
-UP_STATES = ("running", "degraded")
-HANDOFF = "Booting from 0000:7c00"  # SeaBIOS jumps to the MBR's boot code
 # The VGA text screen (mode 3: 80x25, a character and an attribute byte per cell), where
 # SeaBIOS and a GRUB without a serial terminal write.
 VGA_TEXT = 0xB8000
 VGA_COLUMNS, VGA_ROWS = 80, 25
 SCREEN_EVERY = 2.0  # seconds between two reads of the screen while the serial console is silent
-# A boot's milestones on the serial console, the first sign of each (see verify.metrics).
-MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("boot-loader", re.compile(r"GNU GRUB|Welcome to GRUB|Loading Linux|grub> |U-Boot \d")),
-    ("kernel", re.compile(r"Linux version \d|Booting Linux on physical CPU|EFI stub: ")),
-    ("login", LOGIN),
-)
-
-# Signs on the consoles that a boot has failed for good: waiting on is pointless.
-FAILURES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"No bootable device"), "the firmware found nothing to boot"),
-    (re.compile(r"Boot failed: not a bootable disk"), "the firmware found no boot code"),
-    (re.compile(r"No bootable option or device was found"), "the firmware found nothing to boot"),
-    (re.compile(r"^Shell> ", re.MULTILINE), "UEFI fell back to its shell"),
-    # U-Boot's prompt once its boot command has tried every device (riscv64).
-    (re.compile(r"^=> ", re.MULTILINE), "U-Boot found nothing to boot"),
-    # (The screen's rows lose their trailing blanks: no space after a prompt there.)
-    (re.compile(r"grub rescue>"), "GRUB could not find its modules or config"),
-    # Without its module lists (command.lst) GRUB's normal mode knows no command.
-    (re.compile(r"error: can't find command `[^']*'\."),
-     "GRUB could not find the module of a command"),
-    (re.compile(r"error: (file [`']\S*vmlinu\S*' not found|you need to load the kernel first)"),
-     "GRUB could not load the kernel"),
-    (re.compile(r"^grub>( |$)", re.MULTILINE), "GRUB dropped to its command line"),
-    (re.compile(r"Press any key to continue\.\.\."),
-     "GRUB could not boot the entry and returns to its menu"),
-    (re.compile(r"ALERT! .*"), "the initramfs did not find the root file system"),
-    (re.compile(r"Gave up waiting for (root|suspend/resume) .*"),
-     "the initramfs did not find the root file system"),
-    # klibc's mount, then initramfs-tools' panic: the file system's module is missing.
-    (re.compile(r"No such device\n(?:.*\n){0,4}?.*Failed to mount \S+ as root file system\."),
-     "the initramfs has no driver for the root file system"),
-    (re.compile(r"Failed to mount \S+ as root file system\."),
-     "the initramfs could not mount the root file system"),
-    (re.compile(r"^\(initramfs\) ", re.MULTILINE), "the initramfs dropped to a shell"),
-    (re.compile(r"Kernel panic - not syncing.*"), "the kernel panicked"),
-    (re.compile(r"You are in emergency mode.*"), "systemd went into emergency mode"),
-    (re.compile(r"Give root password for maintenance.*"), "systemd went into emergency mode"),
-]
-
 
 # What this process started and has not cleaned up yet: for leak checks after a suite.
 _LIVE_PIDS: set[int] = set()
@@ -129,50 +84,6 @@ def _remove_dir(path: Path) -> None:
 
 class VMError(Exception):
     """qemu could not be started or driven."""
-
-
-@dataclass
-class BootResult:
-    """How a boot ended; `reason` says why in one line."""
-
-    success: bool
-    reason: str
-    hostname: str | None = None
-    seconds: float = 0.0
-    log: str = ""
-    state: str | None = None  # the org.osbuild.test marker: `systemctl is-system-running`
-    marker: list[str] = field(default_factory=list)
-    accel: str = ""
-    artifacts: Path | None = None
-    # Seconds from qemu's start to each milestone seen so far (MILESTONES, and the
-    # firmware's handoff to the boot code where SeaBIOS says so).
-    milestones: dict[str, float] = field(default_factory=dict)
-
-    def tail(self, lines: int = 30) -> str:
-        """The last lines of the serial console."""
-        return console_tail(self.log, lines)
-
-    def report(self, lines: int = 30) -> str:
-        """The reason, where the artifacts are, and the console tail: a failure message."""
-        where = f"\nartifacts: {self.artifacts}" if self.artifacts else ""
-        return (f"{self.reason}{where}\n--- serial console, last {lines} lines ---\n"
-                f"{self.tail(lines)}")
-
-
-def plain(log: str) -> str:
-    """A console log without terminal escapes and control characters (but \n and \t).
-
-    GRUB's menu and edk2's shell are full of them: edk2 colours "Shell> ".
-    """
-    text = re.sub(r"\x1b\[[0-9;?!=]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][A-Z0-9]",
-                  "", log)
-    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)
-
-
-def console_tail(log: str, lines: int = 30) -> str:
-    """The last lines of a console log, plain and without blank lines (they waste a short tail)."""
-    text = re.sub(r"\n{2,}", "\n", plain(log))
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def image_format(image: Path) -> str:
@@ -276,7 +187,7 @@ class VM:
         self._console: SerialConsole | None = None
         self._stack = ExitStack()
         self.started = 0.0
-        self.milestones: dict[str, float] = {}
+        self.milestones: dict[str, float] = {}  # of all waits: see BootWatch
         self.screen = ""  # the VGA text screen when it was last read
 
     # -- life cycle -------------------------------------------------------------------
@@ -500,53 +411,6 @@ class VM:
         text = self.read("marker.log")
         return [line.strip() for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
-    def handoff(self) -> float | None:
-        """When the firmware started the boot loader (now, if it has), else None.
-
-        SeaBIOS says so on its debug port; UEFI firmware and U-Boot have no such
-        line here, so their handoff is taken to be one silence window after qemu's
-        start (OVMF itself needs seconds under TCG before it prints anything).
-        """
-        if self.uefi:
-            return self.started + self.accel.seconds(SILENCE_SECONDS)
-        return time.monotonic() if HANDOFF in self.read("firmware.log") else None
-
-    def failure(self, serial: str) -> str | None:
-        """Why the boot has failed for good, from the consoles and the screen; None
-        while it may go on."""
-        firmware = self.read("firmware.log")
-        serial = plain(serial)
-        for pattern, what in FAILURES:
-            for text in (serial, firmware, self.screen):
-                match = pattern.search(text)
-                if match:
-                    shown = re.sub(r"\s*\n\s*", " ", match.group(0).strip())  # one line
-                    return f"{what}: {shown[:200]}"
-        return None
-
-    def _note_milestones(self, serial: str, elapsed: float) -> None:
-        text = plain(serial) + "\n" + self.screen
-        for name, pattern in MILESTONES:
-            if name not in self.milestones and pattern.search(text):
-                self.milestones[name] = round(elapsed, 1)
-
-    def _silent(self, quiet: float, silence: float) -> str | None:
-        """Why a boot whose serial console stayed empty, and whose screen has not
-        changed for `quiet` seconds, is stuck; None while it may go on. A boot loader
-        on the screen alone gets twice `silence` (loading an initrd under TCG shows
-        one unchanging line for seconds)."""
-        shown = [line.strip() for line in self.screen.splitlines() if line.strip()]
-        on_screen = MILESTONES[0][1].search(self.screen) is not None
-        if quiet <= (2 * silence if on_screen else silence):
-            return None
-        if on_screen:
-            return (f"the boot loader shows only on the screen and stopped there, with nothing "
-                    f"on the serial console for {quiet:.0f}s: {shown[-1][:200]!r}")
-        return (f"nothing on the serial console {silence:.0f}s after the firmware started the "
-                "boot loader: no boot loader ran, or it does not use the serial console "
-                f"({self.arch.console} on {self.arch.name})"
-                + (f"; the screen shows {shown[-1][:200]!r}" if shown else ""))
-
     def wait_boot(self, timeout: float | None = None, until: str = "any",
                   login: re.Pattern[str] = LOGIN, silence: float | None = None) -> BootResult:
         """Wait for the boot marker or a login prompt (`until`: any, marker or login), or
@@ -555,78 +419,50 @@ class VM:
         `timeout` counts from qemu's start, so waiting again (say for the login prompt
         after the marker) keeps the same deadline.
 
-        Fails early on a firmware, GRUB, kernel, initramfs or systemd failure on the
-        consoles, on qemu's exit, on a panicked guest, and when the serial console
-        stays empty for `silence` seconds after the firmware started the boot loader
-        (GRUB prints within a second, even under TCG: boot code that does not run
-        shows no error, only silence); on timeout otherwise. A failed boot's
-        artifacts are saved while qemu still runs.
+        Fails early on what verify.bootlog reads on the consoles (a firmware, GRUB,
+        kernel, initramfs or systemd failure; a serial console that stays empty for
+        `silence` seconds after the firmware started the boot loader), on qemu's exit,
+        on a panicked guest; on timeout otherwise. A failed boot's artifacts are saved
+        while qemu still runs.
         """
         timeout = timeout if timeout is not None else self.accel.seconds(BOOT_SECONDS)
         silence = silence if silence is not None else self.accel.seconds(SILENCE_SECONDS)
-        last_status = last_screen = screen_changed = 0.0
-        handoff: float | None = None
+        # SeaBIOS says on its debug port when it starts the boot code; UEFI firmware and
+        # U-Boot do not, so theirs is taken to be one silence window after qemu's start
+        # (OVMF itself needs seconds under TCG before it prints anything).
+        handoff = self.accel.seconds(SILENCE_SECONDS) if self.uefi else None
+        watch = BootWatch(f"{self.arch.console} on {self.arch.name}", until, login, silence,
+                          handoff, self.milestones, self.screen)
+        last_status = last_screen = 0.0
         while True:
             now = time.monotonic()
-            elapsed = now - self.started
             serial = self.serial_log()
             if not serial.strip() and now - last_screen > SCREEN_EVERY:
                 # A boot loader that does not use the serial console shows on the screen.
-                last_screen = now
-                screen = self.screen_text()
-                if screen != self.screen:
-                    self.screen, screen_changed = screen, now
-            lines = self.marker()
-            prompt = login.search(serial)
-            if handoff is None:
-                handoff = self.handoff()
-                if handoff is not None and not self.uefi:
-                    self.milestones["firmware-handoff"] = round(handoff - self.started, 1)
-            self._note_milestones(serial, elapsed)
-            result = BootResult(False, "", prompt.group("host") if prompt else None, elapsed,
-                                serial, lines[0] if lines else None, lines, self.accel.name,
-                                milestones=dict(self.milestones))
-            if lines and until in ("any", "marker"):
-                failed = ", ".join(line.split()[1] for line in lines[1:]
-                                   if line.startswith("failed: ") and len(line.split()) > 1)
-                detail = f"{lines[0]}" + (f" (failed: {failed})" if failed else "")
-                if lines[0] in UP_STATES:
-                    result.success, result.reason = True, f"boot marker: {detail}"
-                    return result
-                result.reason = f"the boot marker says the system is {detail}"
-                result.artifacts = self.save_artifacts(result.reason)
+                last_screen, self.screen = now, self.screen_text()
+            result = watch.look(now - self.started, serial, self.marker(), self.screen,
+                                self.read("firmware.log"))
+            result.accel = self.accel.name
+            if result.success:
                 return result
-            if prompt and until in ("any", "login"):
-                result.success, result.reason = True, "reached the login prompt"
-                return result
-            if until == "kernel" and "kernel" in self.milestones:
-                result.success, result.reason = True, "the kernel started"
-                return result
-            reason = self.failure(serial)
-            if reason is None and handoff is not None and not serial.strip():
-                reason = self._silent(now - max(handoff, screen_changed), silence)
-            if reason is None and not self.running():
+            if not result.reason and not self.running():
                 assert self.proc is not None
                 err = self.stderr().strip().splitlines()[-1:]
-                reason = (f"qemu exited with {self.proc.returncode}: {err[0]}" if err else
-                          f"qemu exited with {self.proc.returncode}: the guest reset or "
-                          "powered off before it was up (qemu runs with -no-reboot)")
-            if reason is None and now - last_status > 3:
+                result.reason = (f"qemu exited with {self.proc.returncode}: {err[0]}" if err else
+                                 f"qemu exited with {self.proc.returncode}: the guest reset or "
+                                 "powered off before it was up (qemu runs with -no-reboot)")
+            if not result.reason and now - last_status > 3:
                 last_status = now
                 try:
                     status = self.status()
                 except VMError:
                     status = "running"  # qemu just went away: the next round says why
                 if status not in ("running", "prelaunch"):
-                    reason = f"the guest is {status}"
-            if reason is None and elapsed > timeout:
-                wanted = {"any": "boot marker or login prompt", "marker": "boot marker",
-                          "login": "login prompt", "kernel": "kernel"}[until]
-                reason = (f"no {wanted} after {timeout:.0f}s "
-                          f"({self.accel.name}: {self.accel.reason})")
-            if reason is not None:
-                result.reason = reason
-                result.artifacts = self.save_artifacts(reason)
+                    result.reason = f"the guest is {status}"
+            if not result.reason and result.seconds > timeout:
+                result.reason = watch.timed_out(timeout, f"{self.accel.name}: {self.accel.reason}")
+            if result.reason:
+                result.artifacts = self.save_artifacts(result.reason)
                 return result
             time.sleep(0.5)
 

@@ -3,7 +3,9 @@
 The engine reads top-down with no import cycle; osbuild never imports verify;
 the stage toolkit runs on a build root's bare Python, so it and the stages
 import only the standard library and the toolkit; stages run tools through
-osbuild.tool.run, never subprocess themselves.
+osbuild.tool.run, never subprocess themselves. In verify, what a boot looks
+like (verify.bootlog) is kept apart from driving qemu: it imports the standard
+library only, and nothing that starts or talks to a process.
 """
 
 import sys
@@ -21,6 +23,11 @@ TOOLKIT_MODULES = {"osbuild.api", "osbuild.stagelib", "osbuild.tool", "osbuild.d
                    "osbuild.tarlib"}
 TOOLKIT_PACKAGES = ("osbuild.disk",)
 TOOLKIT_MAX_LINES = 375  # "about 350": one concern per module
+# Boot knowledge: pure functions over console text and times, tested on recorded consoles.
+BOOT_KNOWLEDGE = ROOT / "verify" / "bootlog.py"
+# What drives a machine: qemu's harness, and the standard library's processes and sockets.
+DRIVING = ("verify.qemu", "verify.console", "verify.ssh", "subprocess", "socket", "asyncio",
+           "signal", "ctypes", "qemu")
 
 
 def engine_modules() -> dict[str, Path]:
@@ -138,6 +145,15 @@ def test_toolkit_modules_are_small() -> None:
     big = {name: n for name, path in engine_modules().items() if is_toolkit(name)
            and (n := len(path.read_text(encoding="utf-8").splitlines())) > TOOLKIT_MAX_LINES}
     assert not big, f"toolkit modules over {TOOLKIT_MAX_LINES} lines (one concern each): {big}"
+
+
+def test_boot_knowledge_drives_no_qemu() -> None:
+    found = imports(BOOT_KNOWLEDGE, module_name(BOOT_KNOWLEDGE))
+    driving = sorted(m for m in found
+                     if any(m == d or m.startswith(d + ".") for d in DRIVING))
+    assert not driving, f"verify/bootlog.py imports {driving}: it reads text, qemu.py drives"
+    outside = sorted(m for m in found if m.split(".")[0] not in sys.stdlib_module_names)
+    assert not outside, f"verify/bootlog.py imports {outside}: the standard library only"
 
 
 def test_the_engine_starts_without_rfc3987_syntaxs_grammar() -> None:

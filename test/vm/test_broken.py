@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from vmkit import VMImage
 
-from verify import qemu
+from verify import bootlog, qemu
 from verify.boot import boot
 
 pytestmark = pytest.mark.slow
@@ -135,7 +135,7 @@ def initrd_without(initrd: bytes, drop: str) -> bytes:
     return bytes(out)
 
 
-def failed_boot(raw: Path, tmp_path: Path) -> qemu.BootResult:
+def failed_boot(raw: Path, tmp_path: Path) -> bootlog.BootResult:
     result = boot(raw, artifacts=tmp_path / "artifacts")  # its timeout is the hang guard
     assert not result.success, result.report()
     assert not TIMED_OUT.match(result.reason), f"told only by the timeout: {result.report()}"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from osbuild import accel
-from verify import arches, qemu
+from verify import arches, bootlog, qemu
 from verify.boot import boot, require_running
 from verify.console import ConsoleError
 from verify.qemu import VM, VMError
@@ -313,8 +313,9 @@ def test_accelerator_override_and_probe(monkeypatch: pytest.MonkeyPatch) -> None
 def test_console_tail_drops_terminal_noise() -> None:
     log = ("\x1b[H\x1b[J\x1b[1;1HGNU GRUB  version 2.12\r\n\r\n\r\n"
            "\x1b[!p\x1b]104\x07[  OK  ] Reached target\r\n\r\nhost login: ")
-    assert qemu.console_tail(log) == "GNU GRUB  version 2.12\n[  OK  ] Reached target\nhost login: "
-    assert qemu.console_tail("1\n2\n3\n", lines=2) == "2\n3"
+    assert bootlog.console_tail(log) == ("GNU GRUB  version 2.12\n[  OK  ] Reached target\n"
+                                         "host login: ")
+    assert bootlog.console_tail("1\n2\n3\n", lines=2) == "2\n3"
 
 
 def option(cmd: list[str], name: str) -> list[str]:
@@ -348,7 +349,7 @@ def test_command_line_per_architecture(tmp_path: Path, arch: str, uefi: bool,
     assert option(cmd, "-accel") == ["tcg"], "a foreign guest never runs under KVM"
     assert option(cmd, "-cpu") == [cpu]
     assert (vm.accel.scale, vm.arch.console, vm.arch.tcg_factor) == (factor, console, factor)
-    assert vm.accel.seconds(qemu.BOOT_SECONDS) == qemu.BOOT_SECONDS * factor
+    assert vm.accel.seconds(bootlog.BOOT_SECONDS) == bootlog.BOOT_SECONDS * factor
     # The firmware options come last, and are the only firmware there is.
     expected = [a.replace("@/efivars.fd", str(vm.vars_copy())) for a in firmware]
     assert cmd[len(cmd) - len(expected):] == expected

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from verify import qemu
+from verify import bootlog, qemu
 
 KEY_PLACEHOLDER = "@SSH_PUBLIC_KEY@"
 # The samples' documented root password (README): the samples carry no SSH key.
@@ -167,7 +167,7 @@ class Guest:
                 return res.returncode, res.output
         self.run: Runner = run
         self.via = "ssh" if image.key else "console"
-        self.boot: qemu.BootResult | None = None  # how the boot went, set by whoever booted
+        self.boot: bootlog.BootResult | None = None  # how the boot went, set by whoever booted
 
     def output(self, cmd: str) -> str:
         rc, out = self.run(cmd)
@@ -183,7 +183,7 @@ class Guest:
         where = self.vm.save_artifacts(message)
         pytest.fail(f"{self.image.name} (via {self.via}): {message}\n"
                     f"failed units: {failed.strip() or 'none'}\nartifacts: {where}\n"
-                    f"--- serial console ---\n{qemu.console_tail(self.vm.serial_log())}",
+                    f"--- serial console ---\n{bootlog.console_tail(self.vm.serial_log())}",
                     pytrace=False)
 
     def check_manifest(self) -> dict[str, str]:
