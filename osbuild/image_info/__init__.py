@@ -7,7 +7,9 @@ sources, /etc/default files). It reads images it did not make: nothing here
 assumes the layout our own stages produce.
 
 Modules, one concern each:
-- cli: command line and the error boundary.
+- cli: command line, output and the error boundary (flags, exit statuses).
+- report: assembly of the report: one table row per reader (tree, disk and boot
+  loader keys), the order they run in, and the ExitStack that holds what they open.
 - diff: two reports compared path by path (--diff).
 - pkgverify: installed files against dpkg's md5sums and lists (--packages-verify).
 - sbom: the installed packages as an SPDX document (--sbom spdx).
@@ -18,6 +20,7 @@ Modules, one concern each:
   BLS entries; vercmp: rpm's version comparison that orders them.
 - treeview: safe, chroot-like reads from an OS tree that may hold hostile symlinks.
 - tree: everything read from the OS tree (packages, os-release, services, ...).
+- discoverable: the Discoverable Partitions verdicts (gpt_types: the type table).
 - failures: the report's "errors": where a reader could not look (its tool
   failed, a file was unreadable), never reported as "nothing there".
 - backends, backend_loop, backend_guestfs (+ guestfs_server): how file systems

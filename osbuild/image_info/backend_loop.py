@@ -11,11 +11,12 @@ errors and on Ctrl-C alike.
 import contextlib
 from pathlib import Path
 
+from osbuild import interrupts
 from osbuild.devices import loopback
 from osbuild.errors import OsbuildError
 from osbuild.image_info.backend_types import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
-from osbuild.image_info.source import scratch_dir, signals_deferred
+from osbuild.image_info.source import scratch_dir
 from osbuild.image_info.treeview import Tree
 from osbuild.mounts import mounted
 
@@ -46,7 +47,7 @@ class LoopBackend:
         held = contextlib.ExitStack()
         # Attaching and mounting take milliseconds; held together they cannot be cut
         # between a device appearing and its cleanup being registered.
-        with signals_deferred():
+        with interrupts.deferred():
             self.stack.enter_context(held)
             try:
                 device = held.enter_context(loopback(self.image, offset, size, read_only=True))

@@ -18,28 +18,23 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+from osbuild import interrupts
 from osbuild.errors import OsbuildError
-from osbuild.image_info import ImageInfoError, bootloader, discoverable, pkgverify, source, tree
+from osbuild.image_info import ImageInfoError, source
 from osbuild.image_info import diff as report_diff
 from osbuild.image_info import failures as fail
 from osbuild.image_info import files as tree_files
 from osbuild.image_info import sbom as sboms
-from osbuild.image_info.backends import BACKENDS, choose, has_mountable, mount_os, open_backend
-from osbuild.image_info.disk import layout as read_layout
-from osbuild.image_info.treeview import Tree
+from osbuild.image_info.backends import BACKENDS, choose
+from osbuild.image_info.report import VIEWS, inspect, open_report, released
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 EXIT_INCOMPLETE = 1  # the view asked for could not be read in full
-# The reader (report key) behind each view a flag asks for.
-VIEWS = {"packages-verify": "packages-verify", "sbom": "sbom-packages"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,90 +79,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def tree_report(view: Tree, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The keys read from an OS tree, boot configuration included; what `wants` asks
-    for besides: "packages-verify", "sbom" (what an SBOM says of each package)."""
-    report = tree.report(view)
-    if "packages-verify" in wants:
-        fail.gather(report, "packages-verify", partial(pkgverify.report, view), view)
-    if "sbom" in wants:
-        fail.gather(report, "sbom-packages", partial(_sbom_packages, view), view)
-    fail.gather(report, "grub-menu", partial(bootloader.grub_menu, view), view)
-    fail.gather(report, "bootmenu", partial(bootloader.bootmenu, view), view)
-    fail.gather(report, "boot-environment", partial(bootloader.boot_environment, view), view)
-    return report
-
-
-def _sbom_packages(view: Tree) -> dict[str, Any]:
-    found = sboms.packages(view)
-    return {} if found is None else {"sbom-packages": found}
-
-
-def image_report(path: Path, compression: list[str] | None, backend: str,
-                 stack: contextlib.ExitStack, wants: frozenset[str] = frozenset()
-                 ) -> tuple[dict[str, Any], Tree | None]:
-    backend = choose(backend)  # before any work: a refusal comes first
-    if compression is not None:
-        raw = source.decompress_image(path, compression, source.scratch_dir(stack))
-        fmt = {**source.image_format(raw), "compression": compression[0]}
-    else:
-        raw, fmt = source.raw_image(path, stack)
-    report: dict[str, Any] = {"image-format": fmt}
-    disk = read_layout(raw, name=path)
-    report.update(disk.report())
-    boot = bootloader.bios(raw, disk)
-    fail.gather(boot, "esp", partial(bootloader.esp, raw, disk))
-    report["bootloader"] = bootloader.bootloader_name(disk, boot)
-    fail.merge(report, boot)
-    view, unmounted = mount_os(open_backend(backend, raw, stack), disk,
-                               "packages-verify" in wants) if has_mountable(disk) else (None, [])
-    for problem in disk.problems + unmounted:
-        fail.record(report, "partitions", problem)
-    if view is not None:
-        fail.merge(report, tree_report(view, wants))
-    fail.gather(report, "discoverable-partitions",
-                partial(discoverable.report, disk, report, view), view)
-    return report, view
-
-
-@contextlib.contextmanager
-def released() -> Iterator[contextlib.ExitStack]:
-    """Where scratch space, loop devices and mounts are kept: all gone on exit."""
-    stack = contextlib.ExitStack()
-    try:
-        yield stack
-    finally:
-        # An interrupt in the middle of an unmount or of removing the scratch
-        # directory would leave half of it behind: it waits until cleanup is done.
-        with source.signals_deferred():
-            stack.close()
-
-
-def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The report of `target`, whatever it is; all scratch space is gone on return."""
-    with released() as stack:
-        return _inspect(target, backend, stack, wants)[0]
-
-
-def _inspect(target: Path, backend: str, stack: contextlib.ExitStack,
-             wants: frozenset[str]) -> tuple[dict[str, Any], Tree | None]:
-    """The report of `target` and its tree (None if it has none), open until `stack` closes."""
-    kind, command = source.classify(target)
-    if kind == "directory":
-        view = Tree(target)
-        return tree_report(view, wants), view
-    if kind == "tarball":
-        dest = source.scratch_dir(stack)
-        # Only the parts the report reads; --packages-verify reads every installed file.
-        paths = None if "packages-verify" in wants else (
-            *tree.PATHS, *bootloader.PATHS, *(sboms.PATHS if "sbom" in wants else ()))
-        labels = source.extract_tarball(target, command, dest, paths)
-        view = Tree(dest, labels=labels.get if labels else None)
-        return tree_report(view, wants), view
-    return image_report(target, command if kind == "compressed-image" else None, backend, stack,
-                        wants)
-
-
 def load_report(path: Path, backend: str) -> dict[str, Any]:
     """A report: read from a *.json file image-info wrote, or made by inspecting `path`."""
     if path.suffix != ".json" or not path.is_file():
@@ -193,7 +104,7 @@ def with_files(target: Path, backend: str, stack: contextlib.ExitStack
     if kind != "directory" and choose(backend) != "loop":
         raise ImageInfoError(f"{target}: --files reads an image's tree through loop devices, "
                              "as root (libguestfs's copy keeps no owners or modes)")
-    report, view = _inspect(target, backend, stack, frozenset())
+    report, view = open_report(target, backend, stack)
     if view is None:
         raise ImageInfoError(f"{target}: no OS tree to compare the files of")
     return report, tree_files.live_listing(view.root)
@@ -270,14 +181,11 @@ def output(args: argparse.Namespace) -> tuple[str, str | None]:
     return diff_document(args), None
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the ExitStack releases mounts and loop devices.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM unwinds like Ctrl-C, so the ExitStack releases mounts and loop devices;
+    # one that comes during a deferred step (report.released) waits for its end.
+    interrupts.install()
     try:
         text, failed = output(args)
     except OsbuildError as exc:

@@ -59,6 +59,12 @@ def packages(view: Tree) -> list[dict[str, Any]] | None:
     return sorted(found, key=lambda p: (p["name"], p["arch"]))
 
 
+def packages_report(view: Tree) -> dict[str, Any]:
+    """The "sbom-packages" key: what packages() found; {} without a dpkg database."""
+    found = packages(view)
+    return {} if found is None else {"sbom-packages": found}
+
+
 def dep5_licenses(text: str) -> dict[str, Any] | None:
     """The License lines of a DEP-5 file's Files paragraphs, and its stand-alone license
     texts (name -> text); None for a copyright file that is not machine-readable."""

@@ -16,7 +16,6 @@ All scratch space is in one ExitStack, so it is removed whatever happens.
 import contextlib
 import errno
 import os
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -24,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from osbuild import interrupts
 from osbuild.fsutil import remove_tree
 from osbuild.image_info import ImageInfoError
 from osbuild.image_info.disk import IMAGE_FORMATS, image_format, run
@@ -45,21 +45,6 @@ SELINUX_PAX_KEYS = ("SCHILY.xattr.security.selinux", "RHT.security.selinux")
 FILTER: dict[str, Any] = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back for a short step; they arrive once it is done.
-
-    For what must not be cut in half: creating a resource and registering its
-    cleanup, or the cleanup itself.
-    """
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def scratch_dir(stack: contextlib.ExitStack) -> Path:
     """A private directory removed when `stack` closes.
 
@@ -67,7 +52,7 @@ def scratch_dir(stack: contextlib.ExitStack) -> Path:
     (sparse), more than a tmpfs /tmp may hold.
     """
     base = os.environ.get("TMPDIR") or "/var/tmp"
-    with signals_deferred():
+    with interrupts.deferred():  # the directory and its removal come together
         path = Path(tempfile.mkdtemp(prefix="image-info-", dir=base))
         stack.callback(remove_tree, path)
     return path

@@ -4,9 +4,10 @@ Each reader takes a Tree (chroot-like, see treeview) and returns the report
 keys it knows about, or nothing when the tree lacks the file: a key that is
 absent means "not there", never "empty". A reader that could not look (its
 tool failed, a file was unreadable) raises CouldNotLook or leaves the failure
-in the Tree, and the report's "errors" name it (see failures). Key names are
-upstream image-info's;
-Debian's own files (dpkg status, /etc/default/*, apt sources) add keys.
+in the Tree, and the report's "errors" name it (see failures). Each reader is
+a row of report.TREE_READERS, which says what "errors" call it. Key names are
+upstream image-info's; Debian's own files (dpkg status, /etc/default/*, apt
+sources) add keys.
 
 systemd's enablement state is computed from the unit symlinks and [Install]
 sections, as `systemctl list-unit-files` would, so no systemd is needed and
@@ -18,14 +19,13 @@ fails, or is not installed here, the report's "errors" say so (see failures).
 import re
 import shlex
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 from xml.etree import ElementTree
 
 import yaml
 
 from osbuild.image_info import arch
-from osbuild.image_info.failures import CouldNotLook, gather, run
+from osbuild.image_info.failures import CouldNotLook, run
 from osbuild.image_info.treeview import Tree
 
 DPKG_STATUS = "var/lib/dpkg/status"
@@ -517,18 +517,3 @@ def firewall(tree: Tree) -> dict[str, Any]:
 def kernel_cmdline(tree: Tree) -> dict[str, Any]:
     text = tree.read_text("etc/kernel/cmdline")
     return {"kernel-cmdline": " ".join(text.split())} if text is not None else {}
-
-
-READERS: tuple[Callable[[Tree], dict[str, Any]], ...] = (
-    os_release, packages, architecture, identity, accounts, services, ssh, sudoers, dropins,
-    cloud_init, chrony, apt_sources, selinux, firewall, kernel_cmdline,
-)
-
-
-def report(tree: Tree) -> dict[str, Any]:
-    """Every key the tree has something for, and "errors" where a reader could not look
-    (named by its key, or by its function where it has several keys)."""
-    found: dict[str, Any] = {}
-    for reader in READERS:
-        gather(found, reader.__name__.replace("_", "-"), partial(reader, tree), tree)
-    return found
