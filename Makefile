@@ -38,9 +38,12 @@ bench: setup $(SAMPLE) $(BENCH_FOREIGN)
 	$(AS_ROOT) $(PY) bench/bench.py --manifest $(SAMPLE) --export $(EXPORT) \
 		$(if $(BENCH_FOREIGN),--foreign $(BENCH_FOREIGN)) $(BENCH_ARGS)
 
-# The 50 slowest test phases close the output: where the suite's time goes, in every CI log.
+# The 50 slowest test phases and the time per test file close the output: where the
+# suite's time goes, in every CI log (the file table also when tests failed).
+TEST_REPORT ?= .test-report.xml
 test: setup
-	$(AS_ROOT) $(PY) -m pytest -n auto -q --durations=50 $(PYTEST_ARGS)
+	$(AS_ROOT) $(PY) -m pytest -n auto -q --durations=50 --junitxml=$(TEST_REPORT) \
+		$(PYTEST_ARGS); status=$$?; $(PY) bench/suite_time.py $(TEST_REPORT); exit $$status
 
 test-fast: setup
 	$(AS_ROOT) $(PY) -m pytest -n auto -q -m "not slow" $(PYTEST_ARGS)
