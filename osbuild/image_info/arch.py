@@ -7,8 +7,6 @@ each, never the whole file. Names are the kernel's (uname -m), the names
 osbuild.architectures keys qemu and the boot harness by.
 """
 
-import os
-import stat
 from collections import Counter
 
 from osbuild.image_info.treeview import Tree
@@ -61,28 +59,6 @@ def pe_machine(data: bytes) -> str | None:
     return PE_MACHINES.get(machine, f"unknown-{machine:#x}")
 
 
-def _head(tree: Tree, path: str, size: int) -> bytes | None:
-    """The first `size` bytes of a regular file; a link (even one inside the tree) is skipped."""
-    host = tree.lresolve(path)
-    if host is None:
-        return None
-    try:
-        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        tree.note_failure(path, exc)  # unreadable is not "no ELF": the report says so
-        return None
-    try:
-        # Checked on the descriptor: the name may have been swapped since lresolve.
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.pread(fd, size, 0)
-    except OSError as exc:
-        tree.note_failure(path, exc)
-        return None
-    finally:
-        os.close(fd)
-
-
 def elf_machines(tree: Tree, directory: str) -> dict[str, int]:
     """How many regular files in `directory` are ELF files of each machine.
 
@@ -91,7 +67,7 @@ def elf_machines(tree: Tree, directory: str) -> dict[str, int]:
     """
     counts: Counter[str] = Counter()
     for name in tree.listdir(directory):
-        head = _head(tree, f"{directory}/{name}", ELF_HEADER)
+        head = tree.read_bytes(f"{directory}/{name}", ELF_HEADER, follow=False)
         machine = None if head is None else elf_machine(head)
         if machine is not None:
             counts[machine] += 1

@@ -96,24 +96,29 @@ class Tree:
     def exists(self, path: str) -> bool:
         return self.resolve(path) is not None
 
-    def read_bytes(self, path: str) -> bytes | None:
-        """A regular file's content; None for anything missing or not a regular file."""
-        host = self.resolve(path)
+    def read_bytes(self, path: str, limit: int = MAX_READ, follow: bool = True
+                   ) -> bytes | None:
+        """Up to `limit` bytes of a regular file; None for anything missing or not a
+        regular file (a directory, a FIFO, a device), and, without `follow`, for a link."""
+        host = self.resolve(path) if follow else self.lresolve(path)
         if host is None:
             return None
         try:
             fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
+            self.note_failure(path, exc)  # unreadable is not "not there": the report says so
+            return None
+        try:
+            # Checked on the descriptor: the name may have been swapped since it resolved.
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(limit)
+        except OSError as exc:
             self.note_failure(path, exc)
             return None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            try:
-                return f.read(MAX_READ)
-            except OSError as exc:
-                self.note_failure(path, exc)
-                return None
+        finally:
+            os.close(fd)
 
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)

@@ -569,6 +569,24 @@ def test_tree_resolution_stays_inside(tmp_path: Path) -> None:
     assert view.resolve("etc/../../..") == root
 
 
+def test_a_directory_where_a_file_belongs_is_no_file(tmp_path: Path) -> None:
+    """/etc/hostname as a directory: no hostname, no failure, no crash; the same for a
+    FIFO, and a link is not read where links are not followed."""
+    root = tmp_path / "root"
+    (root / "etc/hostname").mkdir(parents=True)
+    os.mkfifo(root / "etc/fifo")
+    (root / "etc/real").write_bytes(b"\x7fELF and more")
+    (root / "etc/link").symlink_to("real")
+    view = Tree(root)
+    assert view.read_text("etc/hostname") is None and view.read_text("etc/fifo") is None
+    assert view.read_bytes("etc/real", 4, follow=False) == b"\x7fELF"
+    assert view.read_bytes("etc/link", 4) == b"\x7fELF"
+    assert view.read_bytes("etc/link", 4, follow=False) is None
+    assert view.failures == []
+    report = report_of(root, tmp_path)
+    assert "hostname" not in report and "errors" not in report, report.get("errors")
+
+
 # --- libguestfs and the real sample ------------------------------------------------------
 
 
