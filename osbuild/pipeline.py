@@ -7,7 +7,6 @@ up structurally.
 
 import errno
 import fnmatch
-import functools
 import os
 import tempfile
 import threading
@@ -18,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import binfmt, devices, inputs, interrupts, mounts, sources
+from . import binfmt, devices, inputs, mounts
 from .buildroot import MOUNTS, Bind, BuildRoot
 from .capabilities import EMULATION
 from .errors import OsbuildError, Place, StageFailed, StageTimeout, StoreError
+from .fetching import BuildSources, build_sources
 from .fsutil import clamp_mtimes, copy_tree, remove_tree, replace_tree
 from .meta import module_info
 from .model import Manifest, Pipeline, Stage
 from .monitor import Monitor, StageResult
-from .objectstore import ObjectStore, SourcePins
-from .prefetch import Prefetcher
+from .objectstore import ObjectStore
 
 # A stage that ran this long is kept in the store even without --checkpoint:
 # copying its tree costs far less than running it again after a later change.
@@ -95,8 +94,7 @@ class Build:
     """
 
     workdir: Path  # private, in the store's tmp/: trees being built, stage dirs
-    pins: SourcePins  # the source files this build reads, its downloads included
-    prefetch: Prefetcher
+    sources: BuildSources  # the source files this build reads, its downloads included
 
     def __init__(self, builder: Builder):
         self.manifest, self.store, self.libdir = builder.manifest, builder.store, builder.libdir
@@ -111,13 +109,8 @@ class Build:
     def run(self, plan: list[Pipeline], exports: list[str], output_dir: Path | None) -> None:
         with self.stack as stack:
             self.workdir = stack.enter_context(self.store.tempdir("build"))
-            self.pins = stack.enter_context(self.store.source_pins())
-            batches = self.plan_sources(plan)
-            with interrupts.deferred():  # a started prefetch is always stopped
-                self.prefetch = Prefetcher(self.libdir, self.pins.path, batches,
-                                           self.monitor.source_progress,
-                                           self.monitor.message).start()
-                stack.callback(self.prefetch.stop)
+            self.sources = stack.enter_context(build_sources(
+                self.manifest, self.store, self.libdir, self.monitor, plan, self.used))
             with out_of_space("store", self.store.path):
                 for pipeline in plan:
                     self.build_pipeline(pipeline)
@@ -147,8 +140,7 @@ class Build:
         tree.mkdir(mode=0o755)
         if base >= 0:
             copy_tree(self.trees.pop(pipeline.name), tree)
-        self.prefetch.wait(pipeline.name)
-        self.fetch_sources(pipeline.stages[base + 1:])
+        self.sources.provide(pipeline.name, pipeline.stages[base + 1:])
         root = Path("/") if pipeline.build is None else self.trees[pipeline.build]
         buildroot = BuildRoot(root, pipeline.runner or "org.osbuild.linux", self.libdir,
                               pipeline.source_epoch)
@@ -196,62 +188,6 @@ class Build:
     def pipeline_tree(self, name: str) -> Path:
         return self.trees[name]
 
-    # -- sources -----------------------------------------------------------
-
-    def wanted_sources(self, stages: list[Stage]) -> set[str]:
-        """Checksums the stages about to run read; v1 stages name no inputs, so: all."""
-        wanted = {c for s in stages for i in s.inputs.values() for c in inputs.source_checksums(i)}
-        if self.manifest.version == "1" and stages:
-            wanted |= {c for items in self.manifest.sources.values() for c in items}
-        return wanted
-
-    def missing_sources(self, wanted: set[str],
-                        cache: Path | None = None) -> dict[str, dict[str, Any]]:
-        """source type -> the wanted items not yet in `cache` (the store's source cache)."""
-        cache = cache or self.store.source_dir()
-        missing: dict[str, dict[str, Any]] = {}
-        for kind, items in self.manifest.sources.items():
-            for checksum in sorted(wanted & set(items)):
-                if not (cache / checksum).exists():
-                    missing.setdefault(kind, {})[checksum] = items[checksum]
-        return missing
-
-    def plan_sources(self, plan: list[Pipeline]) -> dict[str, dict[str, dict[str, Any]]]:
-        """What each pipeline will need downloaded, judged by what the store holds now."""
-        batches = {}
-        for pipeline in plan:
-            cached = [self.store.contains(s.id) for s in pipeline.stages]
-            base = max((i for i, hit in enumerate(cached) if hit), default=-1)
-            if batch := self.missing_sources(self.wanted_sources(pipeline.stages[base + 1:])):
-                batches[pipeline.name] = batch
-        count = sum(len(items) for b in batches.values() for items in b.values())
-        if count:
-            self.monitor.message(f"fetching {count} files in the background")
-        return batches
-
-    def fetch_sources(self, stages: list[Stage]) -> None:
-        """Pin what the stages need (SourcePins), fetching what the store does not have.
-
-        Downloads land among the pins and are published to the store once verified
-        (the prefetch did most already).
-        """
-        wanted = self.wanted_sources(stages)
-        unknown = wanted - {c for items in self.manifest.sources.values() for c in items}
-        if unknown:
-            raise OsbuildError(f"no source provides {sorted(unknown)[0]}")
-        self.used |= wanted
-        # Hashed before they are pinned: a store file changed on disk is removed
-        # and fetched again below (sources.check_cached says why).
-        sources.check_cached(self.store.source_dir(), [c for c in wanted if c not in self.pins],
-                             self.monitor.message)
-        for checksum in sorted(wanted):
-            self.pins.pin(checksum)  # what is not in the store is fetched below
-        for kind, items in self.missing_sources(wanted, self.pins.path).items():
-            self.monitor.message(f"fetching {len(items)} files ({kind})")
-            sources.fetch(self.libdir, kind, items, self.pins.path,
-                          on_progress=functools.partial(self.monitor.source_progress, kind))
-        self.pins.publish()
-
     # -- stages ------------------------------------------------------------
 
     def run_stage(self, pipeline: Pipeline, stage: Stage, buildroot: BuildRoot,
@@ -269,7 +205,7 @@ class Build:
             }
             for name, inp in stage.inputs.items():
                 bind, data = inputs.prepare(name, inp, self.pipeline_tree,
-                                            self.pins.path, stage_dir)
+                                            self.sources.path, stage_dir)
                 binds.append(bind)
                 args["inputs"][name] = {"path": bind.target, "data": data}
             nodes: dict[str, str] = {}

@@ -4,7 +4,7 @@ import argparse
 import re
 
 # The store's size limit unless a build says otherwise; also what no single download
-# may exceed, since items carry no size (osbuild/sources.py).
+# may exceed, since items carry no size (osbuild/sourcelib.py).
 DEFAULT_MAX_SIZE = 20 * 1024**3
 
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, inputs, mounts
+from .checksums import InvalidChecksum, parse_checksum
 from .meta import json_path, module_info, raise_if, schema_errors
 from .model import Manifest, Stage
-from .sources import SourceFailure, parse_checksum
 
 # Inline data is hashed as it is decompressed: an lzma bomb costs time, not memory.
 INLINE_CHUNK = 1 << 20
@@ -116,7 +116,7 @@ def parent_loops(stage: Stage) -> list[str]:
 def checksum_problem(checksum: str) -> str | None:
     try:
         parse_checksum(checksum)
-    except SourceFailure as e:
+    except InvalidChecksum as e:
         return str(e)
     return None
 

@@ -19,7 +19,7 @@ from fileserver import FileServer, sha256
 from harness import Osbuild
 
 from osbuild.errors import OsbuildError, SourceError
-from osbuild.prefetch import Prefetcher
+from osbuild.fetching import Prefetcher
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

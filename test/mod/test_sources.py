@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from fileserver import sha256
 
-from osbuild import sources
+from osbuild import checksums, fetching, sourcelib
 from osbuild.errors import ModuleNotFound, SourceError
 
 LIBDIR = Path(__file__).resolve().parent.parent.parent
@@ -35,7 +35,7 @@ def test_good_fetch_both_item_shapes(server, tmp_path):
     a, b = b"hello, world\n", os.urandom(300_000)
     items = {sha256(a): server.add("/a", a), sha256(b): {"url": server.add("/b", b)}}
     cache = tmp_path / "cache"
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, cache)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, cache)
     assert (cache / sha256(a)).read_bytes() == a
     assert (cache / sha256(b)).read_bytes() == b
     assert (cache / sha256(b)).stat().st_mode & 0o777 == 0o644
@@ -46,15 +46,15 @@ def test_good_fetch_both_item_shapes(server, tmp_path):
 def test_other_algorithms(server, tmp_path, algorithm):
     data = b"some bytes for " + algorithm.encode()
     checksum = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-    sources.fetch(LIBDIR, "org.osbuild.curl", {checksum: server.add("/x", data)}, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", {checksum: server.add("/x", data)}, tmp_path)
     assert (tmp_path / checksum).read_bytes() == data
 
 
 def test_cached_item_is_not_fetched_again(server, tmp_path):
     data = b"cache me"
     items = {sha256(data): server.add("/c", data)}
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
     assert server.count("/c") == 1
 
 
@@ -79,7 +79,7 @@ def test_wrong_checksum_fails_and_leaves_nothing(server, tmp_path):
     url = server.add("/wrong", b"not what you asked for")
     expected = sha256(b"something else")
     with pytest.raises(SourceError) as e:
-        sources.fetch(LIBDIR, "org.osbuild.curl", {expected: url}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {expected: url}, tmp_path)
     message = str(e.value)
     assert url in message and expected in message
     assert sha256(b"not what you asked for") in message
@@ -92,7 +92,7 @@ def test_dropped_connection_is_retried(server, tmp_path):
     data = os.urandom(200_000)
     url = server.add("/flaky", data)
     server.drops["/flaky"] = 2
-    sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path)
     assert (tmp_path / sha256(data)).read_bytes() == data
     assert server.count("/flaky") == 3
     assert leftovers(tmp_path) == []
@@ -103,14 +103,14 @@ def test_dropped_every_time_fails(server, tmp_path):
     url = server.add("/broken", data)
     server.drops["/broken"] = 100
     with pytest.raises(SourceError, match="connection closed after 25000 of 50000 bytes"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_404_fails_clearly_after_retries(server, tmp_path):
     url = server.url("/missing")
     with pytest.raises(SourceError) as e:
-        sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): url}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): url}, tmp_path)
     assert str(e.value) == (
         f"org.osbuild.curl: cannot download {url}: HTTP 404 Not Found (gave up after 3 attempts)"
     )
@@ -122,24 +122,24 @@ def test_connection_refused_is_an_error(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OSBUILD_SOURCES_RETRIES", "0")
     url = server.url("/x").replace(f":{server.port}", ":1")
     with pytest.raises(SourceError, match=r"cannot download .*:1/x: .*refused.*1 attempt\)"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): url}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): url}, tmp_path)
 
 
 def test_parallel_fetch_of_many_items(server, tmp_path):
     items = {}
-    for i in range(4 * sources.DEFAULT_WORKERS):
+    for i in range(4 * sourcelib.DEFAULT_WORKERS):
         data = f"item {i}\n".encode() * (i + 1)
         path = f"/many/{i}"
         server.delay[path] = 0.2
         items[sha256(data)] = server.add(path, data)
     start = time.monotonic()
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
     elapsed = time.monotonic() - start
     for checksum in items:
-        assert sources.verify_file(tmp_path / checksum, checksum)
+        assert checksums.verify_file(tmp_path / checksum, checksum)
     # A bounded pool: more than one at a time, never more than the pool's size.
-    assert 2 <= server.max_in_flight <= sources.DEFAULT_WORKERS
-    assert elapsed < 4 * sources.DEFAULT_WORKERS * 0.2
+    assert 2 <= server.max_in_flight <= sourcelib.DEFAULT_WORKERS
+    assert elapsed < 4 * sourcelib.DEFAULT_WORKERS * 0.2
 
 
 def test_workers_keep_their_connections_alive(server, tmp_path, monkeypatch):
@@ -148,7 +148,7 @@ def test_workers_keep_their_connections_alive(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OSBUILD_SOURCES_WORKERS", "2")
     blobs = [os.urandom(1000 + i) for i in range(30)]
     items = {sha256(b): server.add(f"/k{i}", b) for i, b in enumerate(blobs)}
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
     assert all((tmp_path / c).read_bytes() == b for c, b in zip(items, blobs, strict=True))
     assert server.connections <= 2
 
@@ -159,7 +159,7 @@ def test_server_closing_kept_connections_is_not_a_failure(server, tmp_path, monk
     server.drop_idle = True
     blobs = [os.urandom(500 + i) for i in range(10)]
     items = {sha256(b): server.add(f"/s{i}", b) for i, b in enumerate(blobs)}
-    sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
     assert all((tmp_path / c).read_bytes() == b for c, b in zip(items, blobs, strict=True))
     assert [server.count(f"/s{i}") for i in range(10)] == [1] * 10
     assert server.connections == 10
@@ -169,7 +169,7 @@ def test_redirects_are_followed(server, tmp_path):
     data = b"moved"
     target = server.add("/new", data)
     server.redirects["/old"] = target
-    sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): server.url("/old")}, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): server.url("/old")}, tmp_path)
     assert (tmp_path / sha256(data)).read_bytes() == data
 
 
@@ -177,7 +177,7 @@ def test_one_failure_fails_the_whole_fetch(server, tmp_path):
     good = b"good"
     items = {sha256(good): server.add("/good", good), sha256(b"bad"): server.url("/nope")}
     with pytest.raises(SourceError, match="/nope: HTTP 404"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", items, tmp_path)
     assert leftovers(tmp_path) == []
     assert not (tmp_path / sha256(b"bad")).exists()
 
@@ -186,7 +186,7 @@ def test_progress_records_arrive(server, tmp_path):
     data = os.urandom(3 * 1024 * 1024)
     url = server.add("/big", data)
     records: list[dict] = []
-    sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path,
+    fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path,
                   on_progress=records.append)
     assert records, "no progress records"
     assert all(r["type"] == "progress" and r["checksum"] == sha256(data) for r in records)
@@ -210,7 +210,7 @@ def test_interrupt_kills_the_source_and_leaves_no_partial_file(server, tmp_path)
 
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path,
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(data): url}, tmp_path,
                       on_progress=interrupt)
     # Killed, not waited for: the stalled download would take 30 s.
     assert time.monotonic() - start < 10
@@ -235,26 +235,26 @@ def children_running(needle: str) -> list[int]:
 def test_files_source_takes_v1_urls(server, tmp_path):
     data = b"v1 manifests say files"
     urls = {sha256(data): server.add("/v1", data)}
-    sources.fetch(LIBDIR, "org.osbuild.files", urls, tmp_path)
+    fetching.fetch(LIBDIR, "org.osbuild.files", urls, tmp_path)
     assert (tmp_path / sha256(data)).read_bytes() == data
 
 
 def test_unsupported_scheme_fails(tmp_path):
     with pytest.raises(SourceError, match="unsupported URL scheme"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): "gopher://x/y"}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {sha256(b"x"): "gopher://x/y"}, tmp_path)
 
 
 def test_malformed_checksum_is_refused_before_running(tmp_path):
     with pytest.raises(SourceError, match="invalid checksum"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {"sha256:abc": "http://x/"}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {"sha256:abc": "http://x/"}, tmp_path)
     with pytest.raises(SourceError, match="64 hex digits"):
-        sources.fetch(LIBDIR, "org.osbuild.curl", {"sha256:" + "0" * 40: "http://x/"}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.curl", {"sha256:" + "0" * 40: "http://x/"}, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_source_type(tmp_path):
     with pytest.raises(ModuleNotFound, match="org.osbuild.nope"):
-        sources.fetch(LIBDIR, "org.osbuild.nope", {sha256(b"x"): "http://x/"}, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.nope", {sha256(b"x"): "http://x/"}, tmp_path)
 
 
 def test_inline_base64_and_lzma(tmp_path):
@@ -265,7 +265,7 @@ def test_inline_base64_and_lzma(tmp_path):
                          "data": base64.b64encode(lzma.compress(packed)).decode()},
     }
     records: list[dict] = []
-    sources.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path, on_progress=records.append)
+    fetching.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path, on_progress=records.append)
     assert (tmp_path / sha256(plain)).read_bytes() == plain
     assert (tmp_path / sha256(packed)).read_bytes() == packed
     assert {r["checksum"] for r in records} == set(items)
@@ -276,25 +276,25 @@ def test_inline_checksum_mismatch(tmp_path):
     wrong = sha256(b"other")
     items = {wrong: {"encoding": "base64", "data": base64.b64encode(b"data").decode()}}
     with pytest.raises(SourceError, match=f"checksum mismatch for inline item: expected {wrong}"):
-        sources.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_inline_bad_base64(tmp_path):
     items = {sha256(b"x"): {"encoding": "base64", "data": "not base64!"}}
     with pytest.raises(SourceError, match="is not valid base64"):
-        sources.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path)
+        fetching.fetch(LIBDIR, "org.osbuild.inline", items, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_verify_file(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    assert sources.verify_file(path, sha256(b"abc"))
-    assert not sources.verify_file(path, sha256(b"abd"))
-    assert not sources.verify_file(tmp_path / "missing", sha256(b"abc"))
+    assert checksums.verify_file(path, sha256(b"abc"))
+    assert not checksums.verify_file(path, sha256(b"abd"))
+    assert not checksums.verify_file(tmp_path / "missing", sha256(b"abc"))
     with pytest.raises(SourceError):
-        sources.verify_file(path, "crc32:abcd")
+        checksums.verify_file(path, "crc32:abcd")
 
 
 # --- schemas -----------------------------------------------------------------

@@ -1,22 +1,16 @@
-"""Sources: content-addressed files fetched on the host before any stage runs.
+"""What the source executables in `sources/` run: read a request, provide every item.
 
 Stages have no network, so everything they need from outside (packages,
-inline data) is fetched first by a source executable in `sources/` and kept
-in a cache directory as `<cache>/<checksum>`. The invariant the whole engine
-relies on: a file in the cache is named after its checksum only after that
-checksum was verified, and partial or wrong files never carry such a name.
+inline data) is fetched first, on the host, by a source executable, a child
+of the engine (osbuild/fetching.py) running on the host's Python outside the
+engine process. Each item lands in the cache under its checksum, and only
+once verified (osbuild/checksums.py); a failure leaves no partial file. Like
+stagelib.py for stages, this module is the sources' library: stdlib only.
 
-This module has two halves:
-- the host side (`fetch`, `verify_file`), used by the engine: it runs a source
-  executable as a child process and turns its failures into `SourceError`;
-- the source side (`source_main`, `download_item`, `inline_item`), imported by
-  the executables in `sources/`, which run outside the engine process on the
-  host's Python. Both halves are stdlib only.
-
-Protocol between the two: the engine writes {"items": {checksum: item},
-"options": {...}, "cache": dir} to the source's stdin; the source writes JSON
-lines to stdout: {"type": "progress", "checksum", "url", "done", "total"} and,
-on failure, one {"type": "error", "message"} before exiting non-zero.
+Protocol: the engine writes {"items": {checksum: item}, "options": {...},
+"cache": dir} to the source's stdin; the source writes JSON lines to stdout:
+{"type": "progress", "checksum", "url", "done", "total"} and, on failure,
+one {"type": "error", "message"} before exiting non-zero.
 """
 
 import base64
@@ -26,36 +20,23 @@ import http.client
 import json
 import lzma
 import os
-import re
-import shutil
 import signal
 import ssl
-import stat
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from . import interrupts, keepalive
-from .errors import ModuleNotFound, SourceError
+from . import keepalive
+from .checksums import CHUNK_SIZE, TEMP_PREFIX, InvalidChecksum, parse_checksum
 from .sizes import DEFAULT_MAX_SIZE
 
-CHECKSUM_PATTERN = r"^(md5|sha1|sha256|sha384|sha512):[0-9a-f]{32,128}$"
-_CHECKSUM_RE = re.compile(CHECKSUM_PATTERN)
-
-# Temporary files in the cache are named `.tmp-<pid of the source>-<random>`
-# so the engine can remove exactly those of a child it had to kill.
-TEMP_PREFIX = ".tmp-"
-
-CHUNK_SIZE = 1 << 20
 PROGRESS_INTERVAL = 0.25  # seconds between progress records of one item
 
 DEFAULT_RETRIES = 4  # so five attempts in all
@@ -83,256 +64,12 @@ class _Retryable(SourceFailure):
     """A failure that another attempt may cure (network trouble, 5xx)."""
 
 
-def parse_checksum(checksum: str) -> tuple[str, str]:
-    """Split `algo:hex` and check that the hex has that algorithm's length."""
-    if not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum):
-        raise SourceFailure(f"invalid checksum {checksum!r}: expected <algorithm>:<hex digest>")
-    algorithm, digest = checksum.split(":", 1)
-    expected = hashlib.new(algorithm).digest_size * 2
-    if len(digest) != expected:
-        raise SourceFailure(
-            f"invalid checksum {checksum}: a {algorithm} digest has {expected} hex digits"
-        )
-    return algorithm, digest
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_file(path: Path | str, checksum: str) -> bool:
-    """Return whether the file at `path` exists and has `checksum`.
-
-    A malformed checksum is a manifest bug, not a cache miss: SourceError.
-    """
+def _parse_checksum(checksum: str) -> tuple[str, str]:
+    """parse_checksum, failing as a source fails: with a one-line SourceFailure."""
     try:
-        algorithm, digest = parse_checksum(checksum)
-    except SourceFailure as e:
-        raise SourceError(str(e)) from None
-    try:
-        return file_digest(Path(path), algorithm) == digest
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return False
-
-
-# Files this process hashed itself, by (device, inode, size): each file is hashed
-# once per build, however many pipelines read it. A file replaced or truncated
-# since is hashed again.
-_verified: dict[Path, tuple[int, int, int]] = {}
-_verified_lock = threading.Lock()
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size)
-
-
-def _remember(path: Path, st: os.stat_result) -> None:
-    with _verified_lock:
-        _verified[path] = _identity(st)
-
-
-def _hashed_before(path: Path, st: os.stat_result) -> bool:
-    with _verified_lock:
-        return _verified.get(path) == _identity(st)
-
-
-def check_cached(
-    cache: Path, checksums: Iterable[str], on_message: Callable[[str], None] | None = None
-) -> list[str]:
-    """Hash the cached files among `checksums` again; remove those that do not match.
-
-    The cache is a plain directory that a disk error, a tool or a person can change
-    after a source verified a file, and a stage gets the file itself (a hard link),
-    so the engine does not trust the name: every file is hashed before the first
-    stage of a build that reads it runs (about a second per 300 MB; fully cached
-    builds read nothing). Returns the removed checksums: they count as missing.
-    """
-    cache = Path(cache)
-    removed = []
-    for checksum in sorted(checksums):
-        path = cache / checksum
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            if _hashed_before(path, st):
-                continue
-            if verify_file(path, checksum):
-                _remember(path, st)
-                continue
-        _discard(path)
-        removed.append(checksum)
-        if on_message:
-            on_message(f"source file {checksum} in {cache} does not match its checksum "
-                       "(changed on disk): removed, fetching it again")
-    return removed
-
-
-def _discard(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-# --- host side ---------------------------------------------------------------
-
-
-def fetch(
-    libdir: Path,
-    source_type: str,
-    items: dict[str, Any],
-    cache: Path,
-    options: dict[str, Any] | None = None,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> None:
-    """Make sure every item ends up in `cache` as the file named by its checksum.
-
-    Runs `<libdir>/sources/<source_type>` on the host's Python and forwards its
-    progress records to `on_progress`. Items already cached are not handed to
-    the source at all. On any failure, also Ctrl-C, the child is killed and its
-    temporary files are removed, so the cache holds only verified files. The
-    source's word is not taken for it: cached items and whatever the source
-    stored are hashed here too (check_cached).
-    """
-    executable = Path(libdir) / "sources" / source_type
-    if "/" in source_type or source_type.startswith(".") or not executable.is_file():
-        raise ModuleNotFound(f"source {source_type} not found in {Path(libdir) / 'sources'}")
-    for checksum in items:
-        try:
-            parse_checksum(checksum)
-        except SourceFailure as e:
-            raise SourceError(f"{source_type}: {e}") from None
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    check_cached(cache, items)
-    missing = {c: item for c, item in items.items() if not (cache / c).is_file()}
-    if not missing:
-        return
-
-    request = {"items": missing, "options": options or {}, "cache": str(cache)}
-    errors: list[str] = []
-    with tempfile.TemporaryFile() as stderr:
-        # A process group of its own keeps the terminal's Ctrl-C away from
-        # the child: the engine decides when and how it ends.
-        # Started through interrupts.popen: an interrupt that lands while the
-        # child starts stops it instead of orphaning the download.
-        proc = interrupts.popen(
-            [sys.executable, str(executable)],
-            on_interrupt=_kill,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            process_group=0,
-        )
-        try:
-            with _killed_on(cancel, proc):
-                _talk(proc, request, errors, on_progress)
-                returncode = proc.wait()
-        except BaseException:
-            _kill(proc)
-            _remove_temps(cache, proc.pid)
-            raise
-        if cancel is not None and cancel.is_set():
-            _remove_temps(cache, proc.pid)
-            raise SourceError(f"{source_type}: cancelled")
-        if returncode != 0:
-            _remove_temps(cache, proc.pid)
-            stderr.seek(0)
-            raise SourceError(_failure_message(source_type, returncode, errors, stderr))
-
-    for checksum in missing:
-        if not (cache / checksum).is_file():
-            raise SourceError(f"{source_type} finished but did not provide {checksum}")
-        if check_cached(cache, [checksum]):
-            raise SourceError(f"{source_type} stored {checksum} with content that does not "
-                              "match the checksum: removed it")
-
-
-@contextmanager
-def _killed_on(cancel: threading.Event | None, proc: subprocess.Popen) -> Iterator[None]:
-    """Kill `proc` as soon as `cancel` is set (fetches in a background thread use this)."""
-    if cancel is None:
-        yield
-        return
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not finished.wait(0.1):
-            if cancel.is_set():
-                _kill(proc)
-                return
-
-    watchdog = threading.Thread(target=watch, daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        finished.set()
-        watchdog.join()
-
-
-def _talk(
-    proc: subprocess.Popen,
-    request: dict[str, Any],
-    errors: list[str],
-    on_progress: Callable[[dict[str, Any]], None] | None,
-) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(json.dumps(request).encode("utf-8"))
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # the child died early; its exit status tells why
-    for raw in proc.stdout:
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue  # stray output is not part of the protocol
-        if not isinstance(record, dict):
-            continue
-        if record.get("type") == "error":
-            errors.append(str(record.get("message", "")).strip())
-        elif record.get("type") == "progress" and on_progress:
-            on_progress(record)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
-def _remove_temps(cache: Path, pid: int) -> None:
-    for stale in cache.glob(f"{TEMP_PREFIX}{pid}-*"):
-        try:
-            stale.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def _failure_message(
-    source_type: str, returncode: int, errors: list[str], stderr: IO[bytes]
-) -> str:
-    reason = next((e for e in errors if e), "")
-    if not reason:
-        # No error record: the source crashed; its last stderr line says why.
-        lines = stderr.read().decode("utf-8", "replace").splitlines()
-        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-        reason = f"exited with status {returncode}" + (f": {last}" if last else "")
-    return f"{source_type}: {' '.join(reason.split())}"
-
-
-# --- source side -------------------------------------------------------------
+        return parse_checksum(checksum)
+    except InvalidChecksum as e:
+        raise SourceFailure(str(e)) from None
 
 
 def _env_number(name: str, default: float, cast: Callable[[str], float]) -> float:
@@ -438,7 +175,7 @@ def source_main(handle_item: ItemHandler, parallel: bool = True) -> int:
 
     try:
         for checksum in items:
-            parse_checksum(checksum)
+            _parse_checksum(checksum)
         cache.mkdir(parents=True, exist_ok=True)
         todo = [(c, item) for c, item in items.items() if not (cache / c).is_file()]
         if parallel and len(todo) > 1:
@@ -524,7 +261,7 @@ def download_item(checksum: str, item: Any, ctx: Context) -> None:
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in ALLOWED_SCHEMES:
         raise SourceFailure(f"cannot download {url}: unsupported URL scheme")
-    algorithm, digest = parse_checksum(checksum)
+    algorithm, digest = _parse_checksum(checksum)
     context = _ssl_context(spec)
     target = ctx.cache / checksum
     attempts = ctx.retries + 1
@@ -557,7 +294,7 @@ def _download_once(
     ctx: Context,
 ) -> str:
     """One attempt; returns the hex digest. The file is committed only if it matches."""
-    algorithm, digest = parse_checksum(checksum)
+    algorithm, digest = _parse_checksum(checksum)
     request = urllib.request.Request(url, headers={"User-Agent": "osbuild-deb"})
     tmp = AtomicCacheFile(ctx.cache)
     try:
@@ -692,7 +429,7 @@ def inline_item(checksum: str, item: Any, ctx: Context) -> None:
             raise SourceFailure(f"inline item {checksum}: unknown encoding {encoding!r}")
     except (binascii.Error, lzma.LZMAError) as e:
         raise SourceFailure(f"inline item {checksum} is not valid {encoding}: {e}") from None
-    algorithm, digest = parse_checksum(checksum)
+    algorithm, digest = _parse_checksum(checksum)
     actual = hashlib.new(algorithm, raw).hexdigest()
     if actual != digest:
         raise SourceFailure(
