@@ -10,7 +10,8 @@ backend's two. The libguestfs binding is in the system Python
 (python3-guestfs), so it is driven through guestfs_server.py over a pipe.
 
 The report is the same as the loop backend's: the files the report reads
-(tree.PATHS, bootloader.PATHS) are copied out of the appliance into a scratch
+(report.wanted_paths: tree.PATHS, bootloader.PATHS, sbom.PATHS with --sbom) are
+copied out of the appliance into a scratch
 directory and read there with the same code; the SELinux labels of the key
 files are asked for one by one, since an unprivileged copy cannot keep them.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from osbuild import accel
-from osbuild.image_info import ImageInfoError, bootloader, tree
+from osbuild.image_info import ImageInfoError, tree
 from osbuild.image_info.backend_types import MountFailed, Unmount
 from osbuild.image_info.disk import Partition
 from osbuild.image_info.source import extract_tarball, scratch_dir
@@ -157,15 +158,15 @@ class GuestfsBackend:
         elif self.call("is_file", guest):
             self.call("download", guest, str(local))
 
-    def tree(self, whole: bool = False) -> Tree:
+    def tree(self, paths: tuple[str, ...] | None) -> Tree:
         dest = self.scratch / "tree"
         dest.mkdir()
-        if whole:  # --packages-verify reads every installed file: one tar of all of it
+        if paths is None:  # --packages-verify reads every installed file: one tar of all of it
             archive = self.scratch / "tree.tar"
             self.call("tar_out", "/", str(archive))
             extract_tarball(archive, None, dest)
             archive.unlink()
-        for path in () if whole else (*tree.PATHS, *bootloader.PATHS):
+        for path in paths or ():
             self._fetch(path, dest)
         labels = {p: self.call("xattr", p, "security.selinux") for p in tree.LABELLED_FILES}
         return Tree(dest, labels=labels.get)

@@ -66,5 +66,5 @@ class LoopBackend:
     def read_text(self, path: str) -> str | None:
         return self.view.read_text(path)
 
-    def tree(self, whole: bool = False) -> Tree:
+    def tree(self, paths: tuple[str, ...] | None) -> Tree:
         return self.view  # live: every file is there

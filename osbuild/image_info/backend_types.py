@@ -32,7 +32,7 @@ class Backend(Protocol):
 
     def read_text(self, path: str) -> str | None: ...
 
-    def tree(self, whole: bool = False) -> Tree:
-        """The mounted tree as a local Tree: live, or a copy of what the report reads
-        (`whole`: of every file, for a report that reads them all)."""
+    def tree(self, paths: tuple[str, ...] | None) -> Tree:
+        """The mounted tree as a local Tree: live, or a copy of `paths`, what the report
+        reads (None: of every file, for a report that reads them all)."""
         ...

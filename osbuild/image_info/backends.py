@@ -118,11 +118,11 @@ def has_mountable(layout: Layout) -> bool:
     return any(fs.fstype in MOUNTABLE for fs in filesystems)
 
 
-def mount_os(backend: Backend, layout: Layout, whole: bool = False
+def mount_os(backend: Backend, layout: Layout, paths: tuple[str, ...] | None
              ) -> tuple[Tree | None, list[str]]:
     """Mount the OS tree of `layout` (root first, then fstab's others): the tree (None if
     there is none) and the file systems that would not mount, one line each.
-    `whole`: the report reads every file (a backend that copies copies them all).
+    `paths`: what the report reads (a backend that copies copies those; None: all).
 
     On a partitioned disk the root is the largest file system with an os-release;
     a bare file system image is the tree whether it has one or not.
@@ -172,7 +172,7 @@ def mount_os(backend: Backend, layout: Layout, whole: bool = False
                     failed.append(f"{exc} ({target}, partition {part.number}, is not in "
                                   "the report)")
                 break
-    return backend.tree(whole), failed
+    return backend.tree(paths), failed
 
 
 def _fstab(backend: Backend) -> list[tuple[str, str, str, str]]:

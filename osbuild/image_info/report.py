@@ -133,7 +133,7 @@ def image_report(path: Path, compression: list[str] | None, backend: str,
     _read(image.found, DISK_READERS, image, None)
     if has_mountable(image.layout):
         image.tree, unmounted = mount_os(open_backend(backend, raw, stack), image.layout,
-                                         "packages-verify" in wants)
+                                         wanted_paths(wants))
     else:
         unmounted = []
     for problem in image.layout.problems + unmounted:
@@ -163,6 +163,14 @@ def inspect(target: Path, backend: str, wants: frozenset[str] = frozenset()) -> 
         return open_report(target, backend, stack, wants)[0]
 
 
+def wanted_paths(wants: frozenset[str]) -> tuple[str, ...] | None:
+    """The parts of a tree the report reads, for a backend or tarball that copies only
+    those; None: every file (--packages-verify reads every installed one)."""
+    if "packages-verify" in wants:
+        return None
+    return (*tree.PATHS, *bootloader.PATHS, *(sbom.PATHS if "sbom" in wants else ()))
+
+
 def open_report(target: Path, backend: str, stack: contextlib.ExitStack,
                 wants: frozenset[str] = frozenset()) -> tuple[dict[str, Any], Tree | None]:
     """The report of `target` and its tree (None if it has none), open until `stack` closes."""
@@ -172,10 +180,7 @@ def open_report(target: Path, backend: str, stack: contextlib.ExitStack,
         return tree_report(view, wants), view
     if kind == "tarball":
         dest = source.scratch_dir(stack)
-        # Only the parts the report reads; --packages-verify reads every installed file.
-        paths = None if "packages-verify" in wants else (
-            *tree.PATHS, *bootloader.PATHS, *(sbom.PATHS if "sbom" in wants else ()))
-        labels = source.extract_tarball(target, command, dest, paths)
+        labels = source.extract_tarball(target, command, dest, wanted_paths(wants))
         view = Tree(dest, labels=labels.get if labels else None)
         return tree_report(view, wants), view
     return image_report(target, command if kind == "compressed-image" else None, backend, stack,

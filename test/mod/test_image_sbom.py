@@ -140,6 +140,29 @@ def test_sbom_is_the_same_for_the_same_tree_and_epoch_and_reads_tarballs(
     assert start <= datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z") <= end, created
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import guestfs"],
+                                   capture_output=True).returncode != 0,
+                    reason="python3-guestfs is not installed")
+def test_sbom_through_libguestfs_reads_the_copyright_files(tree: Path, tmp_path: Path) -> None:
+    """The guestfs backend copies out only what the report reads: with --sbom, the
+    copyright files too, so the licenses are those of the tree itself."""
+    image = tmp_path / "root.ext4"
+    mk.run("truncate", "-s", "64M", str(image))
+    mk.run("mkfs.ext4", "-q", "-U", mk.ROOT_UUID, "-d", str(tree), str(image))
+    env = {**os.environ, "LIBGUESTFS_BACKEND": "direct",
+           "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg", "LIBGUESTFS_CACHEDIR": "/var/tmp"}
+    proc = subprocess.run([sys.executable, "-m", "osbuild.image_info", "--sbom", "spdx",
+                           "--backend", "guestfs", str(image)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    licenses = {p["name"]: p.get("licenseDeclared") for p in json.loads(proc.stdout)["packages"]}
+    assert licenses == {p["name"]: p.get("licenseDeclared")
+                        for p in json.loads(sbom(str(tree)).stdout)["packages"]
+                        if p["name"] != "tree"} | {"root.ext4": None}
+    assert licenses["bash"].startswith("GPL-3.0-or-later AND ")
+
+
 def test_sbom_errors_are_one_line(tree: Path, tmp_path: Path) -> None:
     (tmp_path / "garbled.json").write_text("{")
     empty = tmp_path / "empty"
