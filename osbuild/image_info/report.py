@@ -75,7 +75,7 @@ TREE_READERS: tuple[Row[Tree], ...] = (
     Row("chrony", tree.chrony),
     Row("apt-sources", tree.apt_sources),
     Row("selinux", tree.selinux),
-    Row("firewall", tree.firewall),
+    Row("firewall-enabled", tree.firewall),
     Row("kernel-cmdline", tree.kernel_cmdline),
     Row("packages-verify", pkgverify.report, opt_in="packages-verify"),
     Row("sbom-packages", sbom.packages_report, opt_in="sbom"),

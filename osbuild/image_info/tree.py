@@ -508,8 +508,7 @@ def firewall(tree: Tree) -> dict[str, Any]:
         try:
             root = ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
-            raise CouldNotLook([f"/{directory}/{zone}.xml: {exc}"],
-                               reader="firewall-enabled") from None
+            raise CouldNotLook([f"/{directory}/{zone}.xml: {exc}"]) from None
         return {"firewall-enabled": sorted(s.get("name", "") for s in root.iter("service"))}
     return {}
 

@@ -889,6 +889,26 @@ def test_zone_file_that_does_not_parse_is_an_error(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_an_unreadable_zone_file_names_the_key_it_keeps_out() -> None:
+    """The same reader name whether a zone file cannot be parsed or cannot be read."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp"))  # where another user may look
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        mk.write(tree, "etc/firewalld/firewalld.conf", "DefaultZone=public\n")
+        mk.write(tree, "etc/firewalld/zones/public.xml", "<zone/>\n", 0o600)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "osbuild.image_info", str(tree)], capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(base)
+    r = json.loads(proc.stdout)
+    assert "firewall-enabled" not in r
+    assert r["errors"] == [{"reader": "firewall-enabled",
+                            "error": "/etc/firewalld/zones/public.xml: Permission denied"}]
+
+
+@needs_root
 def test_tarball_that_does_not_fit_is_an_error(tmp_path: Path) -> None:
     """Scratch space that runs out while unpacking: not a tree with files missing."""
     tree, tarball, scratch = tmp_path / "tree", tmp_path / "in" / "tree.tar", tmp_path / "tmp"
