@@ -23,6 +23,7 @@ pytest_plugins = ["fileserver", "guards"]
 import corpus  # noqa: E402  (after the sys.path set-up above)
 from harness import Osbuild  # noqa: E402
 from matrix import CELLS  # noqa: E402
+from runshare import LOCK, locked, shared_dir  # noqa: E402
 
 from osbuild.fsutil import remove_tree  # noqa: E402
 
@@ -74,17 +75,18 @@ def corpus_dir() -> Path:
 def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The default sample, pinned from its template and built from an empty store once
     per run: all pytest-xdist workers share it (the first to need it builds it, the
-    others wait on the lock), and the last to leave removes it, some 2 GB.
+    others wait on the lock), and the last to leave removes it, some 2 GB (runshare).
 
     `build(pinned, out)` builds a manifest into the same store, one build at a time,
     exporting to `out`, and returns osbuild --json's result. Tests that use this are
     marked slow.
     """
-    base = tmp_path_factory.getbasetemp()
-    # The directory every worker of the run shares, as test/vm/conftest.py's _run_root.
-    work = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "default-sample"
-    work.mkdir(exist_ok=True)
-    lock, users, failed = work / "build.lock", work / "users", work / "failed"
+    with shared_dir(tmp_path_factory, "default-sample") as work:
+        yield from _default_sample(work)
+
+
+def _default_sample(work: Path) -> Iterator[dict[str, Any]]:
+    lock, failed = work / LOCK, work / "failed"
     store, out = work / "store", work / "out"
     pinned, first = work / "debian13-qcow2.json", work / "first-build.json"
 
@@ -94,12 +96,12 @@ def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                                str(manifest)], capture_output=True, text=True)
 
     def build(manifest: Path, output: Path) -> dict[str, Any]:
-        with corpus.locked(lock):
+        with locked(lock):
             proc = osbuild(manifest, output)
         assert proc.returncode == 0, f"building {manifest.name}: {proc.stderr[-3000:]}"
         return dict(json.loads(proc.stdout))
 
-    with corpus.locked(lock):
+    with locked(lock):
         # A failed first build fails every worker with its reason, not with a build each.
         assert not failed.exists(), f"building the default sample: {failed.read_text()}"
         if not first.exists():
@@ -113,13 +115,5 @@ def default_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                 remove_tree(out)
                 raise AssertionError(f"building the default sample: {proc.stderr[-3000:]}")
             first.write_text(proc.stdout)
-        users.write_text(str(int(users.read_text()) + 1 if users.exists() else 1))
     yield {"manifest": json.loads(pinned.read_text()), "result": json.loads(first.read_text()),
            "image": out / "qcow2/debian13.qcow2", "pinned": pinned, "build": build}
-    with corpus.locked(lock):
-        left = int(users.read_text()) - 1
-        users.write_text(str(left))
-        if left == 0:  # a worker that comes later builds it again, from empty
-            for entry in work.iterdir():
-                if entry not in (lock, users):
-                    remove_tree(entry)

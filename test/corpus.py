@@ -25,7 +25,6 @@ next run reuses; a corpus of other inputs is removed when a new one is
 built), under a lock that pytest-xdist's workers share.
 """
 
-import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import corpus_vmdb2
 from imagemaker import mk
+from runshare import locked
 
 from osbuild.depsolve import host_mirror
 
@@ -60,13 +60,6 @@ IMAGES = {"gpt-esp": "gpt-esp.raw", "split": "split.raw", "btrfs": "btrfs.raw",
 
 def run(*cmd: str, stdin: str | None = None) -> str:
     return subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True).stdout
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def tree_size(tree: Path) -> int:

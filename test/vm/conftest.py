@@ -17,7 +17,6 @@ or loop device of this suite may be left, passed or failed.
 """
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmkit import Builder, Guest, VMImage, locked
+from runshare import run_root, shared_dir
+from vmkit import Builder, Guest, VMImage
 
 from verify import qemu
 from verify.boot import require_running
@@ -52,12 +52,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                 report.sections.append(("boot artifacts", str(path)))
 
 
-def _run_root(factory: pytest.TempPathFactory) -> Path:
-    """The directory all xdist workers of this run share (basetemp's parent for a worker)."""
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 def _leaks(paths: list[Path]) -> list[str]:
     """Mounts and loop devices under `paths`, and this process's VM leftovers."""
     found = qemu.leftovers()
@@ -74,7 +68,7 @@ def _leaks(paths: list[Path]) -> list[str]:
 def vm_leak_check(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the session: fail if a qemu, temp dir, mount or loop device was left."""
     yield
-    left = _leaks([_run_root(tmp_path_factory)])
+    left = _leaks([run_root(tmp_path_factory)])
     if left:
         pytest.fail("left behind by the boot tests: " + "; ".join(left), pytrace=False)
 
@@ -83,7 +77,7 @@ def vm_leak_check(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def vm_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where failed boots leave their logs and screendumps."""
     env = os.environ.get(qemu.ARTIFACTS_ENV)
-    path = Path(env) if env else _run_root(tmp_path_factory) / "boot-artifacts"
+    path = Path(env) if env else run_root(tmp_path_factory) / "boot-artifacts"
     os.environ[qemu.ARTIFACTS_ENV] = str(path)  # for verify.boot.boot() callers too
     return path
 
@@ -91,25 +85,9 @@ def vm_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vm_builder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builder]:
     """The run's shared store, removed by the last worker to leave (unless OSBUILD_VM_STORE)."""
-    shared = _run_root(tmp_path_factory) / "vm-shared"
-    shared.mkdir(exist_ok=True)
-    kept = os.environ.get("OSBUILD_VM_STORE")
-    store = Path(kept) if kept else shared / "store"
-    users = shared / "users"
-    with locked(shared / "build.lock"):
-        count = int(users.read_text() or 0) if users.exists() else 0
-        users.write_text(str(count + 1))
-    yield Builder(shared, store)
-    with locked(shared / "build.lock"):
-        count = int(users.read_text()) - 1
-        users.write_text(str(count))
-        if count == 0:
-            for entry in shared.iterdir():
-                if entry.name not in ("build.lock", "users"):
-                    if entry.is_dir():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink()
+    with shared_dir(tmp_path_factory, "vm-shared") as shared:
+        kept = os.environ.get("OSBUILD_VM_STORE")
+        yield Builder(shared, Path(kept) if kept else shared / "store")
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,17 @@
 A plain module (not conftest.py) so that test modules can import its types.
 """
 
-import fcntl
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from runshare import LOCK, locked
 
 from verify import bootlog, qemu
 
@@ -59,17 +58,6 @@ class VMImage:
         return list(self.options("org.osbuild.systemd").get("disabled_services", []))
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive flock shared by all workers of the run."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def with_options(manifest: dict[str, Any], options: dict[str, dict[str, Any]]
                  ) -> dict[str, Any]:
     """The manifest with `options` (stage type -> options) merged into those stages'."""
@@ -89,7 +77,7 @@ class Builder:
     def __init__(self, shared: Path, store: Path):
         self.shared = shared
         self.store = store
-        self.lock = shared / "build.lock"
+        self.lock = shared / LOCK
 
     def key(self) -> Path:
         key = self.shared / "id_ed25519"
