@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .architectures import ARCHITECTURES
 from .errors import OsbuildError
+from .toolkit.architectures import ARCHITECTURES
 
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 # qemu-user-static's handler definitions, in systemd's binfmt.d format.

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import interrupts
 from .errors import OsbuildError
-from .stagelib import disk_usage  # noqa: F401  (one implementation, shared with stages)
+from .toolkit.stagelib import disk_usage  # noqa: F401  (one implementation, shared with stages)
 
 
 def copy_tree(source: Path, target: Path) -> None:

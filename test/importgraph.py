@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
-    """osbuild/disk/fat.py -> osbuild.disk.fat; osbuild/disk/__init__.py -> osbuild.disk."""
+    """osbuild/toolkit/disk/fat.py -> osbuild.toolkit.disk.fat;
+    osbuild/toolkit/disk/__init__.py -> osbuild.toolkit.disk."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -57,8 +58,8 @@ def module_file(name: str, root: Path = ROOT) -> Path | None:
 def project_files(path: Path, root: Path = ROOT) -> set[Path]:
     """The files under `root` that `path` imports, with the packages around them.
 
-    `from osbuild.disk import fat` runs osbuild/__init__.py,
-    osbuild/disk/__init__.py and osbuild/disk/fat.py. A file that does not
+    `from osbuild.toolkit.disk import fat` runs osbuild/__init__.py,
+    osbuild/toolkit/disk/__init__.py and osbuild/toolkit/disk/fat.py. A file that does not
     parse imports nothing here: its own tests and lint say what is wrong.
     """
     inside = path.is_relative_to(root) and path.suffix == ".py"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osbuild.accel import Accel, probe
-from osbuild.architectures import ARCHITECTURES
+from osbuild.toolkit.architectures import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ ARCHES = {a.name: a for a in (
          uefi_code=Firmware(OVMF / "OVMF_CODE_4M.fd", "ovmf"),
          uefi_vars=Firmware(OVMF / "OVMF_VARS_4M.fd", "ovmf")),
     # The PL011 is what -serial gives on virt; edk2 draws its screen on ramfb. The CPU
-    # is osbuild.architectures' (fast pointer authentication: Debian's arm64 kernel boots
+    # is osbuild.toolkit.architectures' (fast pointer authentication: Debian's arm64 kernel boots
     # to its root mount in 4.0 s instead of 8.6 s with plain "max").
     Arch("aarch64", "qemu-system-arm", "virt", str(ARCHITECTURES["arm64"].qemu_cpu),
          "ttyAMA0", 6.0, "ramfb",

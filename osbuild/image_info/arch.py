@@ -4,7 +4,7 @@ A foreign image cannot be asked (nothing from it runs here), and its dpkg
 records can disagree with what is actually installed (a multiarch tree, a
 mis-bootstrapped one), so the binaries' own headers are read: a few bytes of
 each, never the whole file. Names are the kernel's (uname -m), the names
-osbuild.architectures keys qemu and the boot harness by.
+osbuild.toolkit.architectures keys qemu and the boot harness by.
 """
 
 from collections import Counter

@@ -76,25 +76,26 @@ def test_changed_stage_runs_its_case_in_every_cell(clone: Path) -> None:
 
 
 def test_stage_library_change_runs_its_importers(clone: Path) -> None:
-    lib = clone / "osbuild/tarlib.py"
-    change(clone, "tarlib", {"osbuild/tarlib.py": lib.read_text() + "\n"})
+    lib = clone / "osbuild/toolkit/tarlib.py"
+    change(clone, "tarlib", {"osbuild/toolkit/tarlib.py": lib.read_text() + "\n"})
     cases = selected(gate(clone, "HEAD~1..HEAD"))
     assert {"org.osbuild.tar", "assemblers/org.osbuild.tar"} <= set(cases)
     assert "org.osbuild.locale" not in cases
 
 
 def test_disk_module_change_runs_its_importers_also_through_other_modules(clone: Path) -> None:
-    """grub2.inst imports osbuild.disk.grub_bios, which imports osbuild.disk.partition."""
-    module = clone / "osbuild/disk/partition.py"
-    change(clone, "partition", {"osbuild/disk/partition.py": module.read_text() + "\n"})
+    """grub2.inst imports osbuild.toolkit.disk.grub_bios, which imports
+    osbuild.toolkit.disk.partition."""
+    module = clone / "osbuild/toolkit/disk/partition.py"
+    change(clone, "partition", {"osbuild/toolkit/disk/partition.py": module.read_text() + "\n"})
     cases = selected(gate(clone, "HEAD~1..HEAD"))
     assert {"org.osbuild.sfdisk", "org.osbuild.grub2.inst",
             "assemblers/org.osbuild.qemu"} <= set(cases)
     assert "org.osbuild.mkfs.fat" not in cases and "org.osbuild.mtools.copy" not in cases
 
 
-@pytest.mark.parametrize("module", ["osbuild/nativecalls.py", "osbuild/debfile.py"])
-def test_nativecalls_or_debfile_change_runs_the_debs_cases(clone: Path, module: str) -> None:
+@pytest.mark.parametrize("module", ["osbuild/toolkit/foreign.py", "osbuild/toolkit/debfile.py"])
+def test_foreign_or_debfile_change_runs_the_debs_cases(clone: Path, module: str) -> None:
     """Found through the stages' imports, never a list; the debs cases in every cell."""
     text = (clone / module).read_text()
     change(clone, module, {module: text.replace("\n", "\n# changed\n", 1)})

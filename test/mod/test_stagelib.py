@@ -1,4 +1,4 @@
-"""osbuild.stagelib, called directly: path resolution inside a tree, files, directories, URLs.
+"""osbuild.toolkit.stagelib, called directly: paths inside a tree, files, directories, URLs.
 
 The stage tests cover the helpers through real stages; these pin down the edge
 cases every stage relies on without a sandbox: escapes, symlink loops, replacing
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from osbuild import stagelib
-from osbuild.stagelib import locate, make_dirs, split_url, tree_path, write_file
+from osbuild.toolkit import stagelib
+from osbuild.toolkit.stagelib import locate, make_dirs, split_url, tree_path, write_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -317,7 +317,7 @@ def test_a_stage_reaches_only_the_places_it_passes(places: dict[str, Any], capsy
 
 def test_stagelib_needs_nothing_but_the_stdlib() -> None:
     # -S: no site-packages, as on a bare build root; the stage sandbox has only the libdir.
-    code = ("import sys, osbuild.stagelib; "
+    code = ("import sys, osbuild.toolkit.stagelib; "
             "known = {*sys.stdlib_module_names, '__main__'}; "
             "print(sorted({m.split('.')[0] for m in sys.modules} - known))")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,

@@ -552,7 +552,7 @@ def test_meta_files_are_valid_json_with_strict_schemas() -> None:
         json.dumps(meta)
 
 
-# -- native stand-ins (osbuild.debian.STANDINS) for a foreign tree's slow programs ----------
+# -- native stand-ins (osbuild.toolkit.foreign.STANDINS) for a foreign tree's slow programs
 
 
 def fake_programs(bin_dir: Path, log: Path) -> None:
@@ -564,14 +564,14 @@ def fake_programs(bin_dir: Path, log: Path) -> None:
 
 
 def test_standins_note_the_scripts_calls_and_pass_others_on(tmp_path: Path) -> None:
-    from osbuild import debian
+    from osbuild.toolkit import foreign
 
     log, native = tmp_path / "log", tmp_path / "native"
     fake_programs(tmp_path / "bin", log)
     native.mkdir()
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
-    for name in debian.STANDINS:
-        (native / name).write_text(debian.standin_script(name, str(native)))
+    for name in foreign.STANDINS:
+        (native / name).write_text(foreign.noting_script(name, str(native)))
         (native / name).chmod(0o755)
     env["PATH"] = f"{native}:{env['PATH']}"
     calls = [["depmod", "6.12.27-arm64"], ["depmod", "-a", "-b", "/tmp/x", "6.12.27-arm64"],
@@ -585,14 +585,14 @@ def test_standins_note_the_scripts_calls_and_pass_others_on(tmp_path: Path) -> N
     assert (native / "depmod.todo").read_text() == "6.12.27-arm64\n6.12.27-arm64\n"
     # The hook then does each noted piece of work once, on the tree, from outside.
     log.unlink()
-    hook = debian.native_standins_hook(str(native), list(debian.STANDINS))
+    hook = foreign.native_standins_hook(str(native), list(foreign.STANDINS))
     subprocess.run(["sh", "-c", hook, "hook", "/target"], env=env, check=True)
     assert log.read_text().splitlines() == ["depmod -b /target 6.12.27-arm64",
                                             "systemd-hwdb --root /target --usr update"]
 
 
 def test_standins_hook_fails_when_the_native_program_does(tmp_path: Path) -> None:
-    from osbuild import debian
+    from osbuild.toolkit import foreign
 
     native = tmp_path / "native"
     native.mkdir()
@@ -601,19 +601,20 @@ def test_standins_hook_fails_when_the_native_program_does(tmp_path: Path) -> Non
     (tmp_path / "bin/depmod").write_text("#!/bin/sh\nexit 3\n")
     (tmp_path / "bin/depmod").chmod(0o755)
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
-    hook = debian.native_standins_hook(str(native), ["depmod"])
+    hook = foreign.native_standins_hook(str(native), ["depmod"])
     assert subprocess.run(["sh", "-c", hook, "hook", "/target"], env=env).returncode != 0
 
 
 def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
-    """s390x is in the archive but not in osbuild.architectures: the engine registers no handler."""
-    from osbuild import debian
+    """s390x is in the archive but not in osbuild.toolkit.architectures: the engine registers
+    no handler."""
+    from osbuild.toolkit import debian
 
     if os.path.exists("/proc/sys/fs/binfmt_misc/qemu-s390x"):
         pytest.skip("this host registers its own qemu-s390x handler")
-    code = "from osbuild import debian; debian.check_can_run('s390x')"
+    code = "from osbuild.toolkit import debian; debian.check_can_run('s390x')"
     proc = subprocess.run([sys.executable, "-c", code],
-                          capture_output=True, text=True, cwd=Path(debian.__file__).parents[1])
+                          capture_output=True, text=True, cwd=Path(debian.__file__).parents[2])
     assert proc.returncode == 1
     assert proc.stderr == (f"error: an s390x tree needs qemu-user on this "
                            f"{debian.native_architecture()} host, and binfmt_misc has no "
@@ -626,8 +627,9 @@ def test_a_tree_without_a_qemu_user_handler_fails_in_one_line() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="registering binfmt_misc handlers needs root")
 def test_qemu_user_emulates_arm64_with_its_fast_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a stage knows it can run an arm64 tree, every program it starts runs on
-    osbuild.architectures' CPU (QEMU_CPU); riscv64 keeps qemu's default."""
-    from osbuild import binfmt, debian
+    osbuild.toolkit.architectures' CPU (QEMU_CPU); riscv64 keeps qemu's default."""
+    from osbuild import binfmt
+    from osbuild.toolkit import debian
 
     if debian.native_architecture() != "amd64":
         pytest.skip("an amd64 host emulates arm64 and riscv64")
@@ -642,7 +644,7 @@ def test_qemu_user_emulates_arm64_with_its_fast_cpu(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("compression", ["xz", "gzip"])
 def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: str) -> None:
     """A foreign install's packages are handed to dpkg uncompressed: same control, same data."""
-    from osbuild import debfile
+    from osbuild.toolkit import debfile
 
     root = tmp_path / "root"
     (root / "DEBIAN").mkdir(parents=True)
@@ -677,7 +679,7 @@ def test_decompressed_deb_installs_the_same_files(tmp_path: Path, compression: s
 def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
     """A stand-in's call reaches the tree's script, run outside with DPKG_ROOT; output and
     status come back to the caller, one call after another."""
-    from osbuild import nativecalls
+    from osbuild.toolkit import callserver
 
     tree, native = tmp_path / "tree", tmp_path / "native"
     (tree / "usr/bin").mkdir(parents=True)
@@ -689,7 +691,7 @@ def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
         'exit((grep { $_ eq "was-enabled" } @ARGV) ? 1 : 0);\n')
     env = dict(os.environ, PATH=f"{native}:/usr/bin:/bin", DPKG_MAINTSCRIPT_PACKAGE="util-linux")
     env.pop("_DEB_SYSTEMD_HELPER_DEBUG", None)
-    with nativecalls.serving(str(tree), str(native), ["deb-systemd-helper"]):
+    with callserver.serving(str(tree), str(native), ["deb-systemd-helper"]):
         calls = [["deb-systemd-helper", "--quiet", "was-enabled", "fstrim.timer"],
                  ["deb-systemd-helper", "enable", "fstrim timer"]]
         results = [subprocess.run(c, env=env, capture_output=True, text=True) for c in calls]
@@ -703,7 +705,7 @@ def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
     again = tmp_path / "again"
     again.mkdir()
     env["PATH"] = f"{again}:/usr/bin:/bin"
-    with nativecalls.serving(str(tree), str(again), ["deb-systemd-helper"]):
+    with callserver.serving(str(tree), str(again), ["deb-systemd-helper"]):
         missing = subprocess.run(["deb-systemd-helper", "enable", "x"], env=env,
                                  capture_output=True, text=True)
     assert (missing.returncode, missing.stderr) == (127, "deb-systemd-helper: not found\n")
@@ -712,11 +714,11 @@ def test_callouts_run_the_trees_script_with_dpkg_root(tmp_path: Path) -> None:
 def test_native_path_hooks_put_the_stand_ins_first_for_dpkg_and_take_it_back(
         tmp_path: Path) -> None:
     """apt gives dpkg its own PATH (DPkg::Path): the tree's apt is told, for the install only."""
-    from osbuild import debian
+    from osbuild.toolkit import foreign
 
-    setup, cleanup = debian.native_path_hooks("/tmp/osbuild-debs/native")
+    setup, cleanup = foreign.native_path_hooks("/tmp/osbuild-debs/native")
     subprocess.run(["sh", "-c", setup, "hook", str(tmp_path)], check=True)
-    cfg = tmp_path / debian.NATIVE_PATH_CFG.lstrip("/")
+    cfg = tmp_path / foreign.NATIVE_PATH_CFG.lstrip("/")
     conf = subprocess.run(["apt-config", "-c", str(cfg), "shell", "p", "DPkg::Path"],
                           capture_output=True, text=True, check=True).stdout
     assert conf == "p='/tmp/osbuild-debs/native:/usr/sbin:/usr/bin:/sbin:/bin'\n"
@@ -743,22 +745,22 @@ def test_dracut_install_callout_copies_modules_from_outside_and_keeps_other_call
     no module list run the tree's own."""
     import dataclasses
 
-    from osbuild import nativecalls
+    from osbuild.toolkit import callserver, foreign
 
     tree, native, log = tmp_path / "tree", tmp_path / "native", tmp_path / "log"
     native.mkdir()
     program = fake_dracut_install(tree, tmp_path / "bin", log)
-    callout = dataclasses.replace(nativecalls.CALLOUTS["dracut-install"],
+    callout = dataclasses.replace(foreign.CALLOUTS["dracut-install"],
                                   program=str(program), needs=(str(program),))
-    monkeypatch.setitem(nativecalls.CALLOUTS, "dracut-install", callout)
+    monkeypatch.setitem(foreign.CALLOUTS, "dracut-install", callout)
     # What the bind hook leaves for the stand-in: the tree's own program beside it.
-    shutil.copy(tree / program.relative_to("/"), nativecalls.trees_own("dracut-install",
+    shutil.copy(tree / program.relative_to("/"), foreign.trees_own("dracut-install",
                                                                       str(native)))
     standin = str(native / "dracut-install")
     modules = ["-D", "/var/tmp/mkinitramfs_Ab12", "--kerneldir", "/lib/modules/6.12.41-arm64",
                "--firmwaredirs", "/lib/firmware/updates/6.12.41-arm64:/lib/firmware", "-o",
                "-m", "-s", "register_virtio_device|usbnet_open", "=drivers/net", "ext4"]
-    with nativecalls.serving(str(tree), str(native), ["dracut-install"]):
+    with callserver.serving(str(tree), str(native), ["dracut-install"]):
         ok = subprocess.run([standin, *modules], preexec_fn=lambda: os.umask(0o027))
         failed = subprocess.run([standin, "--destrootdir=/var/tmp/x", "-m", "fail"])
         subprocess.run([standin, "-D", "/var/tmp/x", "-l", "-m", "ext4"], check=True)
@@ -768,8 +770,8 @@ def test_dracut_install_callout_copies_modules_from_outside_and_keeps_other_call
     assert (ok.returncode, failed.returncode, missing_value.returncode) == (0, 3, 2)
     assert missing_value.stderr.startswith("dracut-install: an option without its value")
     t = str(tree)
-    for name in nativecalls.CALLOUTS:
-        script = nativecalls.standin_script(name, str(native))
+    for name in foreign.CALLOUTS:
+        script = foreign.standin_script(name, str(native))
         assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0, name
     assert log.read_text().splitlines() == [
         f"root 0027 --sysrootdir {t} -D {t}/var/tmp/mkinitramfs_Ab12 --kerneldir "
@@ -787,7 +789,7 @@ def test_dracut_install_is_bound_over_the_trees_only_with_the_same_modprobe_conf
     differs from the tree's, the tree's own dracut-install makes the initrd."""
     import dataclasses
 
-    from osbuild import nativecalls
+    from osbuild.toolkit import foreign
 
     tree, native, log = tmp_path / "tree", tmp_path / "native", tmp_path / "log"
     native.mkdir()
@@ -796,12 +798,12 @@ def test_dracut_install_is_bound_over_the_trees_only_with_the_same_modprobe_conf
     for root in (tmp_path, tree / tmp_path.relative_to("/")):
         (root / "modprobe.d").mkdir(parents=True, exist_ok=True)
         (root / "modprobe.d/blacklist.conf").write_text("blacklist floppy\n")
-    callout = dataclasses.replace(nativecalls.CALLOUTS["dracut-install"], program=str(program),
+    callout = dataclasses.replace(foreign.CALLOUTS["dracut-install"], program=str(program),
                                   needs=(str(program),), same_dirs=(str(conf), "/nonexistent"))
-    monkeypatch.setitem(nativecalls.CALLOUTS, "dracut-install", callout)
+    monkeypatch.setitem(foreign.CALLOUTS, "dracut-install", callout)
     (native / "dracut-install").write_text("#!/bin/sh\necho standin\n")
     (native / "dracut-install").chmod(0o755)
-    bind, unbind = nativecalls.bind_hooks(str(native), ["deb-systemd-helper", "dracut-install"])
+    bind, unbind = foreign.bind_hooks(str(native), ["deb-systemd-helper", "dracut-install"])
     script = f'{bind} && "$1"{program} && {unbind} && "$1"{program} -m x'
     bound = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                             script, "hook", str(tree)], capture_output=True, text=True)
@@ -820,15 +822,15 @@ def test_callouts_need_the_build_roots_programs_and_the_trees_package_versions(
     that decide its result, the very versions the tree installs (read with dpkg-query)."""
     import dataclasses
 
-    from osbuild import nativecalls
+    from osbuild.toolkit import foreign
 
     dpkg = subprocess.run(["dpkg-query", "-W", "--showformat=${Version}", "dpkg"],
                           capture_output=True, text=True, check=True).stdout
-    base = nativecalls.CALLOUTS["dracut-install"]
-    monkeypatch.setattr(nativecalls, "CALLOUTS", {
+    base = foreign.CALLOUTS["dracut-install"]
+    monkeypatch.setattr(foreign, "CALLOUTS", {
         "same": dataclasses.replace(base, needs=("sh",), same_versions=("dpkg",)),
         "absent": dataclasses.replace(base, needs=("sh", "/nonexistent/program")),
         "any": dataclasses.replace(base, needs=("sh",), same_versions=())})
-    assert nativecalls.usable({"dpkg": dpkg}) == ["same", "any"]
-    assert nativecalls.usable({"dpkg": dpkg + "+1"}) == ["any"]
-    assert nativecalls.usable({}) == ["any"]
+    assert foreign.usable({"dpkg": dpkg}) == ["same", "any"]
+    assert foreign.usable({"dpkg": dpkg + "+1"}) == ["any"]
+    assert foreign.usable({}) == ["any"]

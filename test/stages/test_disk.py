@@ -37,10 +37,10 @@ from imagecheck import (
 )
 from stagetest import LIBDIR, load_meta, run_stage
 
-from osbuild.debian import compare_versions
-from osbuild.disk.convert import data_digest
-from osbuild.disk.partition import partition_uuid
-from osbuild.disk.sparse import data_extents
+from osbuild.toolkit.debversion import compare_versions
+from osbuild.toolkit.disk.convert import data_digest
+from osbuild.toolkit.disk.partition import partition_uuid
+from osbuild.toolkit.disk.sparse import data_extents
 
 MiB = 1024 * 1024
 ROOT_UUID = "6e4ff95f-f662-45ee-a82a-bdf44a2d0b75"

@@ -1,7 +1,7 @@
 """A foreign tree's call-outs make the files its emulated programs make, byte for byte.
 
-org.osbuild.debs runs some of an arm64 tree's programs natively (osbuild.debian.STANDINS,
-osbuild/nativecalls.py): the build root's depmod and systemd-hwdb on the tree, the tree's
+org.osbuild.debs runs some of an arm64 tree's programs natively (osbuild.toolkit.foreign.STANDINS,
+osbuild/toolkit/foreign.py): the build root's depmod and systemd-hwdb on the tree, the tree's
 deb-systemd-helper with the build root's perl. Here each runs, the way the stage runs it,
 on one copy of a real arm64 tree, and the tree's own program runs through qemu-user on
 another copy with the same input; the two copies must then be the same, file for file.
@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 from stagetest import LIBDIR, load_meta
 
-from osbuild import binfmt, debian, nativecalls
+from osbuild import binfmt
 from osbuild.buildroot import TREE, BuildRoot
 from osbuild.depsolve import host_mirror
+from osbuild.toolkit import callserver, foreign
 
 pytestmark = [
     pytest.mark.slow,
@@ -129,11 +130,11 @@ def emulated(tree: Path, *argv: str, env: dict[str, str] | None = None
 
 def noted_work(tree: Path, name: str, note: str, tmp_path: Path) -> str:
     """What the stage does once packages are configured: the stand-in's noted call, run
-    from outside (debian.native_standins_hook) on the tree; what it said."""
+    from outside (foreign.native_standins_hook) on the tree; what it said."""
     notes = tmp_path / "notes"
     notes.mkdir(exist_ok=True)
     (notes / f"{name}.todo").write_text(note)
-    hook = debian.native_standins_hook(str(notes), [name])
+    hook = foreign.native_standins_hook(str(notes), [name])
     proc = subprocess.run(["sh", "-c", hook, "hook", str(tree)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -188,7 +189,7 @@ def test_deb_systemd_helper_called_out_makes_the_emulated_scripts_links_and_stat
     directory = tmp_path / "callouts"
     directory.mkdir()
     standin = str(directory / "deb-systemd-helper")
-    with nativecalls.serving(str(native), str(directory), ["deb-systemd-helper"]):
+    with callserver.serving(str(native), str(directory), ["deb-systemd-helper"]):
         called = [subprocess.run([standin, *call], env=env, capture_output=True, text=True,
                                  timeout=120) for call in HELPER_CALLS]
     ran = [emulated(emu, "deb-systemd-helper", *call, env=env) for call in HELPER_CALLS]
@@ -207,7 +208,7 @@ def test_deb_systemd_helper_called_out_makes_the_emulated_scripts_links_and_stat
 # trixie, the build root amd64 (made, not this host), and the call-out runs in the debs
 # stage's own sandbox around it (osbuild.buildroot), the tree at the stage's tree path.
 DRACUT_SUITE = "trixie"
-DRACUT = nativecalls.CALLOUTS["dracut-install"]
+DRACUT = foreign.CALLOUTS["dracut-install"]
 # The modules the calls below copy, one that only modprobe.d names (SOFTDEP) and three
 # that hook-functions' filters leave out (FILTERED): with what they depend on, the rest of
 # the kernel's are cut. btrfs's own softdeps name crypto aliases (blake2b-256, xxhash64);
@@ -252,7 +253,7 @@ def mmdebstrap(target: Path, architecture: str, variant: str, include: list[str]
 def in_build_root(root: Path, tree: Path, argv: list[str], tmp: Path
                   ) -> subprocess.CompletedProcess[str]:
     """`argv` in the debs stage's sandbox around `root`, the tree at its path there, run
-    the way nativecalls._run runs a call-out: from the tree, with only PATH and LC_ALL."""
+    the way callserver._run runs a call-out: from the tree, with only PATH and LC_ALL."""
     api = tmp / "api"
     api.mkdir(exist_ok=True)
     capabilities = frozenset(load_meta("org.osbuild.debs").get("capabilities", []))
@@ -338,7 +339,7 @@ def dracut_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     # The call-out's other condition (the stage's bind hook checks it with diff -r): the
     # kernel's dependencies bring modprobe.d files the build root has no package for here,
     # so the build root gets the tree's (what a build root made for such a tree has).
-    for directory in nativecalls.MODPROBE_DIRS:
+    for directory in foreign.MODPROBE_DIRS:
         ours, theirs = root / directory.lstrip("/"), tree / directory.lstrip("/")
         shutil.rmtree(ours, ignore_errors=True)
         if theirs.exists():
@@ -370,7 +371,7 @@ def test_dracut_install_called_out_from_a_trixie_build_root_makes_the_emulated_i
         subprocess.run(["cp", "-a", str(tree), str(copy)], check=True)
     with binfmt.emulation():
         for call in dracut_calls(version):
-            # What the stage's server runs for a stand-in's request (nativecalls._run).
+            # What the stage's server runs for a stand-in's request (callserver._run).
             called = in_build_root(root, native, DRACUT.command(TREE, DRACUT.program, call),
                                    tmp_path)
             ran = emulated(emu, DRACUT.program, *call)

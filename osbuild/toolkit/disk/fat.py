@@ -9,8 +9,8 @@ on the build root's Python.
 import os
 from collections.abc import Iterator
 
-from osbuild import tool
 from osbuild.api import fail
+from osbuild.toolkit import tool
 
 
 def mtools_env() -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""A foreign tree's call-outs (osbuild/nativecalls.py) and stand-ins (osbuild.debian.STANDINS):
-no call can hang the stage, and only the tree's own versions of the programs run natively.
+"""A foreign tree's call-outs and stand-ins (osbuild/toolkit/foreign.py, callserver.py): no
+call can hang the stage, and only the tree's own versions of the programs run natively.
 
-Real stand-ins (osbuild.nativecalls.standin_script, run by /bin/sh) talk to a real serving
+Real stand-ins (foreign.standin_script, run by /bin/sh) talk to a real serving
 thread through real FIFOs. The thread runs in a child Python, bounded by a timeout, so
 that a regression that hangs fails the test instead of holding the suite; test_debian.py
 in test/stages/ has the call-outs' normal work.
@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from osbuild import debian, nativecalls
+from osbuild.toolkit import foreign
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 60  # seconds: a hang guard, never a speed assertion
@@ -29,7 +29,7 @@ TREE_SCRIPT = ('#!/usr/bin/perl\nprint map { "[$_]\\n" } @ARGV;\n'
                'exit($ARGV[0] =~ /^exit(\\d+)$/ ? $1 : 0);\n')
 PRELUDE = """
 import json, os, signal, subprocess, sys, time
-from osbuild import nativecalls
+from osbuild.toolkit import callserver
 tree, native, results = sys.argv[1], sys.argv[2], open(sys.argv[3], "a")
 
 def result(*values):
@@ -41,7 +41,7 @@ def call(*argv):
                        timeout=30)
     result(r.returncode, r.stdout, r.stderr)
 
-with nativecalls.serving(tree, native, ["deb-systemd-helper"]):
+with callserver.serving(tree, native, ["deb-systemd-helper"]):
 """
 
 
@@ -54,7 +54,7 @@ def serve(tmp_path: Path, body: str, variants: dict[str, str] | None = None
     (tree / "usr/bin").mkdir(parents=True)
     native.mkdir()
     (tree / "usr/bin/deb-systemd-helper").write_text(TREE_SCRIPT)
-    standin = nativecalls.standin_script("deb-systemd-helper", str(native))
+    standin = foreign.standin_script("deb-systemd-helper", str(native))
     for name, edit in (variants or {}).items():
         old, new = edit.split(" -> ")
         assert standin.count(old) == 1, (old, standin)
@@ -152,10 +152,10 @@ def test_a_caller_that_reads_its_status_late_still_gets_it(tmp_path: Path) -> No
 
 
 def test_request_parsing_names_what_is_wrong() -> None:
-    env = [""] * len(nativecalls.PASSED_ENV)
+    env = [""] * len(foreign.PASSED_ENV)
     good = ["7", "deb-systemd-helper", "0027", "=pkg", *env[1:], "2", "a\nb", ""]
     data = "".join(f"{f}\0" for f in good).encode()
-    assert nativecalls.parse_request(data, 7) == nativecalls.Request(
+    assert foreign.parse_request(data, 7) == foreign.Request(
         "deb-systemd-helper", 0o027, {"DPKG_MAINTSCRIPT_PACKAGE": "pkg"}, ["a\nb", ""])
     for bad, reason in ((data + b"x", "does not end with a NUL"), (b"", "it is empty"),
                         (data.replace(b"7\0", b"8\0", 1), "it names pid '8'"),
@@ -164,7 +164,7 @@ def test_request_parsing_names_what_is_wrong() -> None:
                         (data.replace(b"=pkg", b"pkg"), "does not start with '='"),
                         (b"7\0deb-systemd-helper\0", "2 fields")):
         with pytest.raises(ValueError, match=reason):
-            nativecalls.parse_request(bad, 7)
+            foreign.parse_request(bad, 7)
 
 
 # -- the stand-ins of depmod and systemd-hwdb: only with the tree's versions ---------------
@@ -181,13 +181,13 @@ def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     each shipped by a package installed here (their real packages may not be)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in debian.STANDINS:
+    for name in foreign.STANDINS:
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setattr(debian, "STANDINS", {
-        "depmod": debian.STANDINS["depmod"]._replace(package="dpkg"),
-        "systemd-hwdb": debian.STANDINS["systemd-hwdb"]._replace(package="coreutils")})
+    monkeypatch.setattr(foreign, "STANDINS", {
+        "depmod": foreign.STANDINS["depmod"]._replace(package="dpkg"),
+        "systemd-hwdb": foreign.STANDINS["systemd-hwdb"]._replace(package="coreutils")})
     native = tmp_path / "native"
     native.mkdir()
     return native
@@ -196,34 +196,34 @@ def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_standins_only_where_the_build_root_has_the_trees_version(
         programs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dpkg, coreutils = host_version("dpkg"), host_version("coreutils")
-    assert debian.native_standins(str(programs), {"dpkg": dpkg, "coreutils": coreutils}) == [
+    assert foreign.native_standins(str(programs), {"dpkg": dpkg, "coreutils": coreutils}) == [
         "depmod", "systemd-hwdb"]
     for name in ("depmod", "systemd-hwdb"):
         (programs / name).unlink()
     # A newer udev in the tree than in the build root: its own systemd-hwdb runs, emulated.
-    assert debian.native_standins(str(programs), {"dpkg": dpkg,
+    assert foreign.native_standins(str(programs), {"dpkg": dpkg,
                                                   "coreutils": coreutils + "+b1"}) == ["depmod"]
     assert sorted(p.name for p in programs.iterdir()) == ["depmod"]
     assert capsys.readouterr().out == (
         f"systemd-hwdb: the build root's coreutils {coreutils} is not the tree's "
         f"{coreutils}+b1: the tree's own runs, emulated\n")
     # A tree without the package has no script that calls it.
-    assert debian.native_standins(str(programs), {"coreutils": coreutils}) == ["systemd-hwdb"]
+    assert foreign.native_standins(str(programs), {"coreutils": coreutils}) == ["systemd-hwdb"]
 
 
 def test_standins_need_the_package_in_the_build_root(programs: Path) -> None:
-    assert not debian.same_as_build_root({"no-such-package": "1.0"}, ["no-such-package"])
-    assert debian.same_as_build_root({}, [])
+    assert not foreign.same_as_build_root({"no-such-package": "1.0"}, ["no-such-package"])
+    assert foreign.same_as_build_root({}, [])
 
 
-@pytest.mark.parametrize("name", list(debian.STANDINS))
+@pytest.mark.parametrize("name", list(foreign.STANDINS))
 def test_standins_name_the_package_that_ships_the_program(name: str) -> None:
     if shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
         pytest.skip(f"{name} is not installed here to ask dpkg about")
     found = subprocess.run(["dpkg", "-S", f"bin/{name}"], capture_output=True, text=True,
                            check=True).stdout.splitlines()
     owners = {line.partition(": ")[0] for line in found if line.endswith(f"bin/{name}")}
-    assert debian.STANDINS[name].package in owners
+    assert foreign.STANDINS[name].package in owners
 
 
 # -- the switch: org.osbuild.debs' native_helpers ------------------------------------------

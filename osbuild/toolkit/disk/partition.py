@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from osbuild import tool
 from osbuild.api import fail
-from osbuild.disk.blockdev import sector_size_of, size_of
+from osbuild.toolkit import tool
+from osbuild.toolkit.disk.blockdev import sector_size_of, size_of
 
 BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"
 GPT_ENTRIES = 128  # what sfdisk writes: 128 entries of 128 bytes

@@ -22,7 +22,7 @@ whole images with the same ones. Callers import the module they need:
 
 Everything here is deterministic where the tools allow it: ids that tools
 would pick at random are derived from the request or the image's content, and
-timestamps come from SOURCE_DATE_EPOCH. Tools run through osbuild.tool.run and
+timestamps come from SOURCE_DATE_EPOCH. Tools run through osbuild.toolkit.tool.run and
 user errors end the stage with one line (osbuild.api.fail). Stdlib only, like
 osbuild.api: it runs on the build root's Python.
 """

@@ -12,10 +12,10 @@ import shutil
 import struct
 import tempfile
 
-from osbuild import tool
 from osbuild.api import fail
-from osbuild.disk.blockdev import SECTOR, size_of
-from osbuild.disk.partition import (
+from osbuild.toolkit import tool
+from osbuild.toolkit.disk.blockdev import SECTOR, size_of
+from osbuild.toolkit.disk.partition import (
     BIOS_BOOT_GUID,
     label_kind,
     partition_number,

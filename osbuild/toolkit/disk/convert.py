@@ -14,10 +14,10 @@ import struct
 import uuid as uuidlib
 from typing import Any
 
-from osbuild import tool
 from osbuild.api import fail
-from osbuild.disk.blockdev import SECTOR, source_date_epoch
-from osbuild.disk.sparse import data_extents
+from osbuild.toolkit import tool
+from osbuild.toolkit.disk.blockdev import SECTOR, source_date_epoch
+from osbuild.toolkit.disk.sparse import data_extents
 
 VPC_EPOCH = 946684800  # VHD timestamps count from 2000-01-01 00:00 UTC
 

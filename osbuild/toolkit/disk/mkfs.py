@@ -7,8 +7,8 @@ bytes. Stdlib only, like osbuild.api: it runs on the build root's Python.
 
 import os
 
-from osbuild import tool
-from osbuild.disk.blockdev import SECTOR, source_date_epoch
+from osbuild.toolkit import tool
+from osbuild.toolkit.disk.blockdev import SECTOR, source_date_epoch
 
 
 def feature(name: str, on: bool | None) -> list[str]:

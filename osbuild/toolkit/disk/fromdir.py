@@ -3,7 +3,7 @@
 The sandbox of an assembler cannot attach loop devices or mount, so mkfs itself
 fills the file system from a directory: mkfs.ext4 -d (straight into an image
 file, at an offset), mkfs.btrfs --rootdir, and mkfs.xfs from a prototype file
-(osbuild.disk.proto). A tree that does not fit is TooSmall, checked up front
+(osbuild.toolkit.disk.proto). A tree that does not fit is TooSmall, checked up front
 from the tree's size (tree_usage) and mapped from mkfs's own failure, so the
 caller can say which size is too small. Stdlib only, like osbuild.api: it runs
 on the build root's Python.
@@ -16,11 +16,11 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from osbuild import tool
 from osbuild.api import fail
-from osbuild.disk.blockdev import source_date_epoch
-from osbuild.disk.proto import write_proto
-from osbuild.disk.sparse import data_extents
+from osbuild.toolkit import tool
+from osbuild.toolkit.disk.blockdev import source_date_epoch
+from osbuild.toolkit.disk.proto import write_proto
+from osbuild.toolkit.disk.sparse import data_extents
 
 FS_BLOCK = 4096
 FS_INODE = 256

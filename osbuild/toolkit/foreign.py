@@ -1,43 +1,139 @@
-"""A foreign tree's slowest helper programs, replaced by the build root's while packages install.
+"""A foreign tree's slowest programs, done by the build root's own while packages install.
 
-Under qemu-user every program the tree runs is emulated, and two of them are
-most of a foreign install's time: init-system-helpers' deb-systemd-helper, a
-perl script run four times by the postinst of every package with a systemd
-unit (seconds each, because perl itself is emulated), and dracut-install,
-which initramfs-tools' hooks run to copy a kernel's modules into the initrd
-(forking a cp per module). Both do the same work from outside: the perl script
-on the tree with DPKG_ROOT, dracut-install (same version, same libkmod) with
---sysrootdir and the tree's paths. So while a foreign tree's packages are
-configured, a stand-in of each is in the tree: it writes its call (its pid,
-umask, the dpkg variables, the arguments) into a file of NUL-terminated fields,
-which no argument can garble, and names itself (its pid) on a FIFO read by a
-thread of the stage, which runs the build root's program on the tree, writes
-into the caller's stdout and stderr through /proc, and sends back the exit
-status through a FIFO the caller opened before it asked. dpkg runs maintainer
-scripts one at a time, and mkinitramfs its hooks, so the calls come one by
-one. A call that cannot be served (a malformed request, a caller gone before
-its status) is answered with a failure where there is someone to answer, and
-fails the stage in one line: nothing waits forever.
+Under qemu-user every program a foreign tree runs is emulated. A few are most
+of the install's time and do the same work from outside, as long as the build
+root has the tree's version of them. While packages are configured, a
+stand-in of each is in the tree, in one of two ways:
+
+- noted (STANDINS): a kernel's depmod and udev's hwdb (about a minute each
+  emulated, seconds natively), run by name. The stand-in, first on PATH, notes
+  the call the scripts make and exits; any other call goes to the tree's own.
+  Once packages are configured, and before the initrds are made, the build
+  root's program does the noted work on the tree (depmod -b, systemd-hwdb
+  --root): the same files, made natively.
+- served (CALLOUTS): init-system-helpers' deb-systemd-helper, a perl script run
+  four times by the postinst of every package with a systemd unit, and
+  dracut-install, which initramfs-tools' hooks run to copy a kernel's modules
+  (forking a cp per module). The stand-in writes its call (pid, umask, dpkg
+  variables, arguments) into a file of NUL-terminated fields, which no
+  argument can garble, names itself on a FIFO and waits for its exit status on
+  a FIFO of its own, opened before it asked. A thread of the stage
+  (osbuild/toolkit/callserver.py) runs the build root's program on the tree: the
+  perl script with DPKG_ROOT, dracut-install with --sysrootdir and the tree's
+  paths. dpkg runs maintainer scripts one at a time, and mkinitramfs its
+  hooks, so the calls come one by one.
+
+Which programs, when the build root may run them, their stand-ins and hooks
+are here, as data and functions without a process of their own; callserver.py
+is the process side.
 
 Like osbuild.api, only the stdlib: it runs on the build root's Python.
 """
 
-import contextlib
-import errno
-import glob
 import os
 import re
 import shlex
 import shutil
-import subprocess
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import osbuild.api
-from osbuild import debian, stagelib
+from osbuild.toolkit import stagelib, tool
+
+# --- the build root's versions ------------------------------------------------------------
+
+
+def build_root_version(package: str) -> str | None:
+    """The version of `package` in the build root (stages see its dpkg database, read-only)."""
+    proc = tool.run(["dpkg-query", "-W", "--showformat=${Version}", package],
+                     f"asking dpkg-query for {package}", check=False, quiet=True)
+    return proc.stdout if proc.returncode == 0 and proc.stdout else None
+
+
+def same_as_build_root(tree_versions: Mapping[str, str], packages: Iterable[str]) -> bool:
+    """Whether the tree installs each of `packages` at the very version the build root has."""
+    return all(tree_versions.get(p) is not None and tree_versions[p] == build_root_version(p)
+               for p in packages)
+
+
+# --- noted: done from outside once packages are configured ---------------------------
+
+
+class Standin(NamedTuple):
+    call: str  # the call it stands in for: a shell case pattern of "$#:$*"
+    command: str  # run from the build root on the tree "$1", with $arg the call's "$*"
+    package: str  # ships the program, in the tree and in the build root
+
+
+HWDB_UPDATE = ('systemd-hwdb --root "$1" --usr update && { ! grep -qsF -- "$1/" '
+               '"$1"/usr/lib/udev/hwdb.bin "$1"/lib/udev/hwdb.bin || { echo "systemd-hwdb: '
+               'hwdb.bin names the tree\'s path: the tree\'s own runs, emulated"; '
+               'chroot "$1" env PATH=/usr/sbin:/usr/bin:/sbin:/bin systemd-hwdb --usr update; }; }')
+STANDINS = {
+    # linux-image-*'s postinst: depmod VERSION
+    "depmod": Standin('"1:"[0-9]*', 'depmod -b "$1" "$arg"', "kmod"),
+    # udev's postinst and trigger. systemd 252 (bookworm) records each source file's path
+    # with the --root prefix in hwdb.bin: where it did, the tree's own makes it again (by
+    # its path: the stand-in is still first on PATH).
+    "systemd-hwdb": Standin('"2:--usr update"', HWDB_UPDATE, "udev"),
+}
+
+
+def noting_script(name: str, directory: str) -> str:
+    """The stand-in for `name`, run in the tree; `directory` is on PATH there and outside."""
+    note = shlex.quote(f"{directory}/{name}.todo")
+    return f"""#!/bin/sh
+# osbuild: {name} is run from the build root once packages are configured.
+case "$#:$*" in
+{STANDINS[name].call}) echo "$*" >> {note}; exit 0 ;;
+esac
+PATH=${{PATH#{directory}:}}
+exec {name} "$@"
+"""
+
+
+def native_standins(directory: str, tree_versions: Mapping[str, str]) -> list[str]:
+    """Write a stand-in into `directory` for each program the build root has in the tree's
+    version (`tree_versions`: package -> version of the tree's packages); their names."""
+    names = []
+    for name, standin in STANDINS.items():
+        if not shutil.which(name) or standin.package not in tree_versions:
+            continue
+        if not same_as_build_root(tree_versions, [standin.package]):
+            print(f"{name}: the build root's {standin.package} "
+                  f"{build_root_version(standin.package) or '(none)'} is not the tree's "
+                  f"{tree_versions[standin.package]}: the tree's own runs, emulated", flush=True)
+            continue
+        stagelib.write_file(directory, name, noting_script(name, directory), mode=0o755)
+        names.append(name)
+    return names
+
+
+# apt runs dpkg with PATH set to its DPkg::Path, not its own PATH: while a foreign
+# tree's packages are configured, apt in the tree is told to put the stand-ins first.
+NATIVE_PATH_CFG = "/etc/apt/apt.conf.d/00osbuild-native-path"
+
+
+def native_path_hooks(directory: str) -> tuple[str, str]:
+    """The setup hook that puts `directory` first on dpkg's PATH, and the customize hook
+    that takes it back."""
+    setting = shlex.quote(f'DPkg::Path "{directory}:/usr/sbin:/usr/bin:/sbin:/bin";')
+    cfg = shlex.quote(NATIVE_PATH_CFG)
+    return (f'mkdir -p "$1"{shlex.quote(os.path.dirname(NATIVE_PATH_CFG))} && '
+            f'echo {setting} > "$1"{cfg}', f'rm "$1"{cfg}')
+
+
+def native_standins_hook(directory: str, names: Iterable[str]) -> str:
+    """The customize hook (in the build root, before the initrds) that does the noted work."""
+    steps = []
+    for name in names:
+        note = shlex.quote(f"{directory}/{name}.todo")
+        steps.append(f'if [ -e {note} ]; then sort -u {note} | while read -r arg; do '
+                     f'{STANDINS[name].command} || exit 1; done; fi')
+    return " && ".join(steps) or "true"
+
+
+# --- served: the build root's program runs while the caller waits -----------------------
 
 
 def _perl_script(tree: str, program: str, args: list[str]) -> list[str]:
@@ -126,7 +222,7 @@ def usable(tree_versions: Mapping[str, str]) -> list[str]:
     """The call-outs the build root can serve for a tree of these package versions."""
     return [name for name, c in CALLOUTS.items()
             if all(shutil.which(p) for p in c.needs)
-            and debian.same_as_build_root(tree_versions, c.same_versions)]
+            and same_as_build_root(tree_versions, c.same_versions)]
 
 
 def trees_own(name: str, directory: str) -> str:
@@ -148,7 +244,7 @@ def standin_script(name: str, directory: str) -> str:
     handed = (f'case " $* " in\n{c.handed}) ;;\n*) exec {own} "$@" ;;\nesac\n'
               if c.handed != "*" else "")
     return f"""#!/bin/sh
-# osbuild: the build root runs this tree's {name} (osbuild/nativecalls.py).
+# osbuild: the build root runs this tree's {name} (osbuild/toolkit/foreign.py).
 {kept}{handed}reply={d}/reply.$$
 mkfifo "$reply" && exec 3<>"$reply" || exit 1
 printf '%s\\0' "$$" {shlex.quote(name)} "$(umask)" {env} "$#" "$@" > {d}/request.$$ || exit 1
@@ -198,130 +294,3 @@ def parse_request(data: bytes, pid: int) -> Request:
         raise ValueError(f"it counts {count!r} arguments and has {len(fields) - head}")
     env = {k: v[1:] for k, v in zip(PASSED_ENV, values, strict=True) if v}
     return Request(name, int(umask, 8), env, fields[head:])
-
-
-def _run(tree: str, directory: str, pid: int, request: Request) -> int:
-    name, args = request.name, request.args
-    c = CALLOUTS[name]
-    path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(":")
-    run_env = {**request.env, "PATH": ":".join(p for p in path if p != directory),
-               "LC_ALL": "C.UTF-8"}
-    if c.dpkg_root:
-        run_env["DPKG_ROOT"] = tree
-    try:
-        with open(f"/proc/{pid}/fd/1", "ab") as out, open(f"/proc/{pid}/fd/2", "ab") as err:
-            if not os.path.isfile(tree + c.program):
-                err.write(f"{name}: not found\n".encode())
-                return 127
-            try:
-                argv = c.command(tree, c.program, args)
-            except StopIteration:
-                err.write(f"{name}: an option without its value: {' '.join(args)}\n".encode())
-                return 2
-            return subprocess.run(argv, env=run_env, cwd=tree, umask=request.umask,
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                  check=False).returncode
-    except OSError as e:
-        print(f"osbuild: {name} {' '.join(args)}: {e}", flush=True)
-        return 1
-
-
-class _Server:
-    """Answers the stand-ins' calls, one by one; what went wrong fails the stage at the end."""
-
-    def __init__(self, tree: str, directory: str):
-        self.tree, self.directory = tree, directory
-        self.errors: list[str] = []
-
-    def serve(self) -> None:
-        while True:
-            with open(os.path.join(self.directory, REQUESTS), "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-            for line in lines:
-                if line == STOP:
-                    return
-                if PID.fullmatch(line):
-                    self.answer(int(line))
-                else:  # no caller to answer: answer them all, or one would wait forever
-                    self.error(f"a garbled call-out notice {line[:80]!r}")
-                    for reply in glob.glob(os.path.join(self.directory, "reply.*")):
-                        if PID.fullmatch(waiting := reply.rpartition(".")[2]):
-                            self.reply(int(waiting), 1, f"pid {waiting}")
-
-    def answer(self, pid: int) -> None:
-        status, what = 1, f"pid {pid}"
-        try:
-            try:
-                with open(os.path.join(self.directory, f"request.{pid}"), "rb") as f:
-                    data = f.read()
-                request = parse_request(data, pid)
-            except (OSError, ValueError) as e:
-                self.error(f"a malformed call-out request from pid {pid}: {e}", pid)
-            else:
-                what = "".join(c if c.isprintable() else repr(c)[1:-1]  # one line
-                               for c in " ".join([request.name, *request.args])[:200])
-                status = _run(self.tree, self.directory, pid, request)
-        except Exception as e:  # noqa: BLE001 - a caller must be answered, whatever happened
-            self.error(f"a call-out ({what}) failed: {e!r}", pid)
-        self.reply(pid, status, what)
-
-    def reply(self, pid: int, status: int, what: str) -> None:
-        """Hand the caller its status; it holds its FIFO open, so no reader means it is gone."""
-        fifo = os.path.join(self.directory, f"reply.{pid}")
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.directory, f"request.{pid}"))
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:
-            self.error(f"the exit status of a call-out ({what}) was lost: "
-                       f"its caller, pid {pid}, {'is gone' if e.errno == errno.ENXIO else e}")
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(f"{status}\n")
-        with contextlib.suppress(OSError):
-            os.unlink(fifo)
-
-    def error(self, message: str, pid: int | None = None) -> None:
-        self.errors.append(message)
-        print(f"osbuild: {message}", flush=True)
-        if pid is not None:  # where the caller's output goes too: the maintainer script's log
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/fd/2", "a") as err:
-                err.write(f"osbuild: {message}\n")
-
-
-def _stop(directory: str, thread: threading.Thread) -> None:
-    """Tell the thread to end; it reopens the FIFO between requests, so wait for a reader."""
-    while thread.is_alive():
-        try:
-            fd = os.open(os.path.join(directory, REQUESTS), os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: no reader at this moment
-            thread.join(0.01)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{STOP}\n")
-        thread.join()
-
-
-@contextmanager
-def serving(tree: str, directory: str, names: list[str]) -> Iterator[None]:
-    """Write the stand-ins for `names` into `directory` and answer their calls for the body.
-
-    A call that could not be served (a malformed request, a status that could not be
-    handed back) fails the stage afterwards, in one line, even if its caller went on.
-    """
-    if not names:
-        yield
-        return
-    for name in names:
-        stagelib.write_file(directory, name, standin_script(name, directory), mode=0o755)
-    os.mkfifo(os.path.join(directory, REQUESTS))
-    server = _Server(tree, directory)
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        _stop(directory, thread)
-        if server.errors:
-            more = f" (and {len(server.errors) - 1} more)" if len(server.errors) > 1 else ""
-            osbuild.api.fail(server.errors[0] + more)
