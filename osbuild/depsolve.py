@@ -17,9 +17,12 @@ another architecture's GRUB EFI image, for instance).
 prints {"sources": {"org.osbuild.curl": {"items": ...}}, "packages": [...]}.
 """
 
+import fcntl
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,8 @@ from .errors import OsbuildError
 PROG = "osbuild-depsolve-deb"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 HOST_APT = Path("/etc/apt")
+# The default of --cache (osbuild-depsolve-deb, osbuild-mpp): where apt's lists are kept.
+CACHE_ENV = "OSBUILD_DEPSOLVE_CACHE"
 
 # Suite names that mark a host apt entry as "the Debian archive" when picking a
 # default mirror (skips -security, -updates and third-party repositories).
@@ -166,14 +171,23 @@ class AptRoot:
     `Dir` points every apt path (etc, lists, cache, dpkg status) into the temp
     dir and APT_CONFIG is read before anything else, so no file of the host's
     apt configuration is read and nothing of its state is touched.
+
+    With a `cache` directory, `apt-get update` runs against lists kept there (one
+    directory per repository set, architectures and keyrings, under its own lock),
+    so an unchanged archive costs one InRelease check instead of every Packages
+    index; the root gets links to those lists (apt replaces a list by renaming,
+    so a later update elsewhere never changes what this root reads).
     """
 
-    def __init__(self, repos: Sequence[Repo], architecture: str, foreign: Sequence[str] = ()):
+    def __init__(self, repos: Sequence[Repo], architecture: str, foreign: Sequence[str] = (),
+                 cache: Path | None = None):
         if not repos:
             raise RequestError("no repository given")
         self.repos = list(repos)
         self.architecture = architecture
         self.foreign = [a for a in foreign if a != architecture]
+        self.cache = cache
+        self.update_output = ""  # what apt-get update said
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._index: dict[tuple[str, str, str], tuple[dict[str, str], str]] | None = None
         self._essential_closure: list[tuple[str, str, str]] | None = None
@@ -226,9 +240,29 @@ class AptRoot:
         return subprocess.run(["apt-get", "-q", *args], env=env, capture_output=True,
                               text=True, check=False)
 
+    def _cached_lists(self) -> Path:
+        """This root's directory in the cache: named by everything apt's lists depend on."""
+        assert self.cache is not None
+        keyrings = sorted({k for r in self.repos for k in r.keyrings})
+        identity = json.dumps({
+            "sources": [r.line() for r in self.repos],
+            "architectures": [self.architecture, *self.foreign],
+            "keyrings": {str(k): hashlib.sha256(k.read_bytes()).hexdigest() for k in keyrings},
+        }, sort_keys=True)
+        return self.cache / "apt-lists" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+
     def _update(self) -> None:
-        proc = self.apt("update")
-        output = proc.stdout + proc.stderr
+        if self.cache is None:
+            proc = self.apt("update")
+        else:
+            shared = self._cached_lists()
+            (shared / "partial").mkdir(parents=True, exist_ok=True)
+            with open(shared.parent / f"{shared.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                proc = self.apt("update", "-o", f"Dir::State::lists={shared}/")
+                if proc.returncode == 0:
+                    _link_files(shared, self.config.parent / "var/lib/apt/lists")
+        output = self.update_output = proc.stdout + proc.stderr
         # a missing component is only a warning to apt, but would pin a smaller world
         if proc.returncode != 0 or re.search(r"^(E: |W: Skipping acquire)", output, re.M):
             raise DepsolveError(self._update_error(output))
@@ -369,6 +403,16 @@ class AptRoot:
         ])
 
 
+def _link_files(source: Path, target: Path) -> None:
+    """Every regular file directly in `source` linked (else copied) into `target`."""
+    for path in source.iterdir():
+        if path.is_file() and path.name != "lock":
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copy2(path, target / path.name)
+
+
 def _needed_by(name: str, closure: list[dict[str, str]]) -> str:
     """' (by a, b)': the packages in the closure that name `name` in their dependencies."""
     mention = re.compile(rf"(^|[\s,|]){re.escape(name)}([\s,:(|]|$)")
@@ -398,10 +442,10 @@ def depsolve(suite: str, architecture: str, mirror: str, keyrings: Sequence[Path
              packages: Sequence[str], components: Sequence[str] = ("main",),
              exclude: Sequence[str] = (), variant: str = "minbase",
              extra_repos: Iterable[dict[str, Any]] = (),
-             foreign: Sequence[str] = ()) -> Solution:
+             foreign: Sequence[str] = (), cache: Path | None = None) -> Solution:
     """Resolve `variant` plus `packages` for one suite in a fresh apt root."""
     repos = repos_for(suite, mirror, keyrings, components, extra_repos)
-    with AptRoot(repos, architecture, foreign) as root:
+    with AptRoot(repos, architecture, foreign, cache) as root:
         return root.solve(packages, exclude, variant)
 
 
@@ -438,7 +482,7 @@ def validate_request(request: Any) -> dict[str, Any]:
     return request
 
 
-def solve_request(request: dict[str, Any]) -> Solution:
+def solve_request(request: dict[str, Any], cache: Path | None = None) -> Solution:
     """Run a validated request, filling in the host's mirror and the archive keyring."""
     validate_request(request)
     return depsolve(
@@ -452,6 +496,7 @@ def solve_request(request: dict[str, Any]) -> Solution:
         variant=request.get("variant", "minbase"),
         extra_repos=request.get("extra-repos", []),
         foreign=request.get("foreign-architectures", []),
+        cache=cache,
     )
 
 
@@ -468,15 +513,25 @@ def load_document(text: str, name: str) -> Any:
         raise RequestError(f"{name}: invalid YAML: {' '.join(str(e).split())}") from e
 
 
+def add_cache_argument(parser: cli.Parser) -> None:
+    """--cache DIR: where apt's lists are kept between runs (default: none kept)."""
+    parser.add_argument("--cache", metavar="DIR", type=Path,
+                        default=os.environ.get(CACHE_ENV) or None,
+                        help="keep the archives' package lists in DIR between runs, so that "
+                             f"an unchanged archive is not downloaded again (default: "
+                             f"${CACHE_ENV}, else nothing is kept)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.Parser(prog=PROG, description="Resolve Debian packages to pinned .debs.")
     parser.add_argument("request", nargs="?", default="-",
                         help="JSON or YAML request file (default: stdin)")
+    add_cache_argument(parser)
 
     def body() -> None:
         args = parser.parse_args(argv)
         name, text = cli.read_input(args.request)
-        solution = solve_request(load_document(text, name))
+        solution = solve_request(load_document(text, name), args.cache)
         print(json.dumps(solution.to_json(), indent=2))
 
     return cli.run(PROG, body)

@@ -32,6 +32,7 @@ from .depsolve import (
     AptRoot,
     DepsolveError,
     Solution,
+    add_cache_argument,
     host_mirror,
     load_document,
     repos_for,
@@ -47,8 +48,9 @@ VARS = "mpp-vars"
 class Depsolver:
     """Depsolves for one run, keeping one updated apt root per repository set."""
 
-    def __init__(self, stack: ExitStack):
+    def __init__(self, stack: ExitStack, cache: Path | None = None):
         self.stack = stack
+        self.cache = cache
         self.roots: dict[tuple[Any, ...], AptRoot] = {}
         self._host_mirror: str | None = None
 
@@ -65,7 +67,7 @@ class Depsolver:
         key = (tuple(repos), request["architecture"], foreign)
         if key not in self.roots:
             self.roots[key] = self.stack.enter_context(
-                AptRoot(repos, request["architecture"], foreign))
+                AptRoot(repos, request["architecture"], foreign, self.cache))
         return self.roots[key].solve(request.get("packages", []), request.get("exclude", []),
                                      request.get("variant", "minbase"))
 
@@ -213,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.Parser(prog=PROG, description="Resolve mpp-depsolve directives in a manifest.")
     parser.add_argument("input", help="manifest template, JSON or YAML ('-' for stdin)")
     parser.add_argument("output", help="pinned manifest to write ('-' for stdout)")
+    add_cache_argument(parser)
 
     def body() -> None:
         args = parser.parse_args(argv)
         name, text = cli.read_input(args.input)
         with ExitStack() as stack:
-            manifest = process(load_document(text, name), Depsolver(stack))
+            manifest = process(load_document(text, name), Depsolver(stack, args.cache))
         write_output(json.dumps(manifest, indent=2) + "\n", args.output)
 
     return cli.run(PROG, body)

@@ -25,6 +25,7 @@ from harness import Osbuild  # noqa: E402
 from matrix import CELLS  # noqa: E402
 from runshare import LOCK, locked, shared_dir  # noqa: E402
 
+from osbuild.depsolve import CACHE_ENV  # noqa: E402
 from osbuild.fsutil import remove_tree  # noqa: E402
 
 LIBDIR_PARTS = ("osbuild", "stages", "assemblers", "sources", "runners")
@@ -39,6 +40,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         cell = CELLS.get(str(group.args[0])) if group and group.args else None
         if cell and cell.machine != platform.machine():
             item.add_marker(pytest.mark.foreign)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def depsolve_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The archive's package lists fetched once per run: every osbuild-mpp and
+    osbuild-depsolve-deb the tests start keeps them here (the default of their --cache),
+    unless the environment already names a cache."""
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    with shared_dir(tmp_path_factory, "depsolve-cache") as cache:
+        os.environ[CACHE_ENV] = str(cache)
+        try:
+            yield
+        finally:
+            os.environ.pop(CACHE_ENV, None)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,26 @@ def test_deterministic_across_fresh_roots(mirror):
     assert run() == run()
 
 
+@pytest.mark.slow
+def test_a_cache_keeps_the_lists_and_changes_nothing(mirror, tmp_path):
+    """The second root with the same cache downloads no index, and resolves the same."""
+    repos = depsolve.repos_for("trixie", mirror, [DEFAULT_KEYRING], ["main"])
+    solved = []
+    for _ in range(2):
+        with AptRoot(repos, "amd64", cache=tmp_path) as root:
+            solved.append(root.solve(["hostname"]).to_json())
+            fetched = [line for line in root.update_output.splitlines()
+                       if line.startswith("Get:") and "Packages" in line]
+            own = root.config.parent / "var/lib/apt/lists"
+            linked = [p for p in own.iterdir() if p.is_file() and p.stat().st_nlink == 2]
+    [shared] = [p for p in (tmp_path / "apt-lists").iterdir() if p.is_dir()]
+    assert any(p.name.endswith("_Packages") for p in shared.iterdir())
+    assert fetched == [], f"the second update downloaded {fetched}"
+    assert linked, "the root's lists are not the cache's"
+    assert solved[0] == solved[1] == depsolve.depsolve(
+        "trixie", "amd64", mirror, [DEFAULT_KEYRING], ["hostname"]).to_json()
+
+
 def test_unknown_package(trixie):
     with pytest.raises(DepsolveError, match=r"^unknown package 'no-such-pkg' in trixie/amd64$"):
         trixie.solve(["hostname", "no-such-pkg"])
@@ -212,6 +232,19 @@ def test_cli_errors(stdin, code, message):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("osbuild-depsolve-deb: error: ")
     assert message in lines[0]
+
+
+def test_cli_cache_from_the_option_or_the_environment(tmp_path):
+    request = tmp_path / "request.yaml"
+    request.write_text("suite: trixie\narchitecture: amd64\npackages: [less]\n")
+    proc = cli("--cache", str(tmp_path / "given"), str(request))
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "given/apt-lists").glob("*/*_Packages"))
+    proc = subprocess.run([sys.executable, "-m", "osbuild.depsolve", str(request)],
+                          capture_output=True, text=True,
+                          env={**os.environ, depsolve.CACHE_ENV: str(tmp_path / "env")})
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "env/apt-lists").glob("*/*_Packages"))
 
 
 def test_cli_usage_error():
