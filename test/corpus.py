@@ -47,15 +47,26 @@ SECTOR = 512
 EFI_BINARY = Path("/usr/lib/grub/x86_64-efi/monolithic/grubx64.efi")
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-ROOT_UUID = "5a0c0c1e-7d1e-4c61-9b9a-000000000001"
-BOOT_UUID = "5a0c0c1e-7d1e-4c61-9b9a-000000000002"
-VAR_UUID = "5a0c0c1e-7d1e-4c61-9b9a-000000000003"
-ROOT_PARTUUID = "7c0f1a5e-0000-4000-8000-000000000001"
-VAR_PARTUUID = "7c0f1a5e-0000-4000-8000-000000000003"
-ESP_VOLID = "C0A9C0A9"
+# Every image has its own file system UUIDs, labels and partition UUIDs: libguestfs,
+# given several images at once (virt-inspector in test_corpus.py), resolves fstab's
+# UUID=, LABEL= and PARTUUID= across all of their disks (root labels: root_label).
+ROOT_UUID = {"gpt-esp": "5a0c0c1e-7d1e-4c61-9b9a-000000000101",
+             "split": "5a0c0c1e-7d1e-4c61-9b9a-000000000201",
+             "btrfs": "5a0c0c1e-7d1e-4c61-9b9a-000000000301",
+             "bare": "5a0c0c1e-7d1e-4c61-9b9a-000000000401"}
+BOOT_UUID = "5a0c0c1e-7d1e-4c61-9b9a-000000000202"  # split's
+VAR_UUID = "5a0c0c1e-7d1e-4c61-9b9a-000000000203"  # split's
+ROOT_PARTUUID = {"gpt-esp": "7c0f1a5e-0000-4000-8000-000000000101",
+                 "split": "7c0f1a5e-0000-4000-8000-000000000201"}
+VAR_PARTUUID = "7c0f1a5e-0000-4000-8000-000000000203"  # split's
+ESP_VOLID = "C0A9C0A9"  # gpt-esp's
 DEFAULT_STORE = Path("/var/tmp/osbuild-corpus")  # a cache: the next run reuses it
 IMAGES = {"gpt-esp": "gpt-esp.raw", "split": "split.raw", "btrfs": "btrfs.raw",
           "bare": "bare.ext4", "tarball": "tree.tar", "vmdb2": "vmdb2.raw"}
+
+
+def root_label(image: str) -> str:
+    return f"{image}-root"  # ext4 allows 16 bytes: the longest, gpt-esp-root, is 12
 
 
 def run(*cmd: str, stdin: str | None = None) -> str:
@@ -94,12 +105,12 @@ def configure(tree: Path, fstab: str) -> None:
 
 
 def gpt_esp(tree: Path, out: Path, work: Path) -> None:
-    configure(tree, f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"
+    configure(tree, f"UUID={ROOT_UUID['gpt-esp']} / ext4 errors=remount-ro 0 1\n"
               f"UUID={ESP_VOLID[:4]}-{ESP_VOLID[4:]} /boot/efi vfat umask=0077 0 2\n")
     root_size = fs_size(tree_size(tree))
     starts = partition(out, "gpt", [f"size={32 * MIB // SECTOR}, type={ESP_TYPE}, name=ESP",
                                     f"size={root_size // SECTOR}, type={LINUX_TYPE}, "
-                                    f"uuid={ROOT_PARTUUID}, name=root"],
+                                    f"uuid={ROOT_PARTUUID['gpt-esp']}, name=root"],
                        root_size + 35 * MIB)
     run("mkfs.fat", "-F", "16", "-n", "ESP", "-i", ESP_VOLID, "--offset",
         str(starts[0] // SECTOR), str(out), str(32 * MIB // 1024))
@@ -110,7 +121,7 @@ def gpt_esp(tree: Path, out: Path, work: Path) -> None:
     run(*env, "mcopy", "-i", target, str(EFI_BINARY), "::/EFI/BOOT/BOOTX64.EFI")
     run(*env, "mcopy", "-i", target, str(EFI_BINARY), "::/EFI/debian/grubx64.efi")
     fs = work / "root.ext4"
-    mkext4(tree, fs, root_size, ROOT_UUID, "root")
+    mkext4(tree, fs, root_size, ROOT_UUID["gpt-esp"], root_label("gpt-esp"))
     mk.place(out, fs, starts[1])
     fs.unlink()
 
@@ -133,7 +144,7 @@ def moved_out(tree: Path, work: Path, *dirs: str) -> Iterator[dict[str, Path]]:
 
 
 def split(tree: Path, out: Path, work: Path) -> None:
-    configure(tree, f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"
+    configure(tree, f"UUID={ROOT_UUID['split']} / ext4 errors=remount-ro 0 1\n"
               "LABEL=corpus-boot /boot ext4 defaults 0 2\n"
               f"PARTUUID={VAR_PARTUUID} /var ext4 defaults 0 2\n")
     with moved_out(tree, work, "boot", "var") as aside:
@@ -141,12 +152,13 @@ def split(tree: Path, out: Path, work: Path) -> None:
         var_size = max(fs_size(tree_size(aside["var"])), root_size + 64 * MIB)
         starts = partition(out, "gpt", [
             f"size={boot_size // SECTOR}, type={LINUX_TYPE}, name=boot",
-            f"size={root_size // SECTOR}, type={LINUX_TYPE}, uuid={ROOT_PARTUUID}, name=root",
+            f"size={root_size // SECTOR}, type={LINUX_TYPE}, "
+            f"uuid={ROOT_PARTUUID['split']}, name=root",
             f"size={var_size // SECTOR}, type={LINUX_TYPE}, uuid={VAR_PARTUUID}, name=var"],
             boot_size + root_size + var_size + 3 * MIB)
         for src, size, uuid, label, start in (
                 (aside["boot"], boot_size, BOOT_UUID, "corpus-boot", starts[0]),
-                (tree, root_size, ROOT_UUID, "root", starts[1]),
+                (tree, root_size, ROOT_UUID["split"], root_label("split"), starts[1]),
                 (aside["var"], var_size, VAR_UUID, "var", starts[2])):
             fs = work / f"{label}.ext4"
             mkext4(src, fs, size, uuid, label)
@@ -155,12 +167,12 @@ def split(tree: Path, out: Path, work: Path) -> None:
 
 
 def btrfs(tree: Path, out: Path, work: Path) -> None:
-    configure(tree, f"UUID={ROOT_UUID} / btrfs subvol=@,defaults 0 0\n")
+    configure(tree, f"UUID={ROOT_UUID['btrfs']} / btrfs subvol=@,defaults 0 0\n")
     size = fs_size(tree_size(tree)) + 128 * MIB
     fs, mnt = work / "root.btrfs", work / "mnt"
     with open(fs, "wb") as f:
         f.truncate(size)
-    run("mkfs.btrfs", "-q", "-f", "-U", ROOT_UUID, "-L", "root", str(fs))
+    run("mkfs.btrfs", "-q", "-f", "-U", ROOT_UUID["btrfs"], "-L", root_label("btrfs"), str(fs))
     mnt.mkdir()
     run("mount", "-o", "loop", str(fs), str(mnt))  # the loop device goes with the umount
     try:
@@ -175,8 +187,8 @@ def btrfs(tree: Path, out: Path, work: Path) -> None:
 
 
 def bare(tree: Path, out: Path, work: Path) -> None:
-    configure(tree, f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n")
-    mkext4(tree, out, fs_size(tree_size(tree)), ROOT_UUID, "root")
+    configure(tree, f"UUID={ROOT_UUID['bare']} / ext4 errors=remount-ro 0 1\n")
+    mkext4(tree, out, fs_size(tree_size(tree)), ROOT_UUID["bare"], root_label("bare"))
 
 
 def tarball(tree: Path, out: Path, work: Path) -> None:
