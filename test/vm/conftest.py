@@ -102,11 +102,6 @@ def xfs_web_image(vm_builder: Builder) -> VMImage:
 
 
 @pytest.fixture(scope="session")
-def btrfs_image(vm_builder: Builder) -> VMImage:
-    return vm_builder.build(TEMPLATES / "btrfs-root.yaml")
-
-
-@pytest.fixture(scope="session")
 def default_image(default_sample: dict[str, Any]) -> VMImage:
     """The default sample: test/conftest.py's `default_sample`, built once per run from
     an empty store (its pinned manifest is the one vm_builder would pin: the sample

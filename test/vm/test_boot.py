@@ -8,7 +8,8 @@ system UUID and type, every service the manifest enables is active, and
 `systemctl is-system-running` is running: a failed unit (degraded) in an image
 of ours is a bug, whatever osbuild-boot-test accepts of other people's images.
 The xfs image also runs lighttpd, checked over HTTP from the host: a TCG boot
-costs minutes, so one boot checks both.
+costs minutes, so one boot checks both. The btrfs root boots in
+test_discoverable_boot.py (the UEFI image's root), for the same reason.
 """
 
 import pytest
@@ -38,22 +39,6 @@ def test_uefi_sample_boots_with_its_esp(uefi_sample: VMImage, boot_vm) -> None:
                     f"EFI/debian mounted at /boot/efi, got {facts!r}"])
 
 
-def boots_from_its_root(guest: Guest, module: str) -> None:
-    """The manifest's facts, a root on `module`, whose module the initramfs has, and GRUB's
-    prefix on that file system."""
-    facts = guest.check_manifest()
-    if facts["fstype"] != module:
-        guest.fail([f"the root file system is {facts['fstype']}, expected {module}"])
-    initramfs = guest.output("lsinitramfs /boot/initrd.img-$(uname -r)")
-    if f"/fs/{module}/{module}.ko" not in initramfs:
-        guest.fail([f"the initramfs has no {module} module"])
-    # GRUB's core.img found /boot/grub on this file system: its prefix says so.
-    cmdline = guest.output("cat /proc/cmdline")
-    if not cmdline.startswith("BOOT_IMAGE=/boot/vmlinuz-"):
-        guest.fail([f"/proc/cmdline does not start with BOOT_IMAGE=/boot/vmlinuz-: "
-                    f"{cmdline!r}"])
-
-
 def serves_through_a_port_forward(vm: qemu.VM, guest: Guest) -> None:
     """lighttpd, enabled, answers the host on guest port 80: the page, and 404 for no page."""
     status, body = vm.http_get(80, "/")
@@ -70,15 +55,9 @@ def serves_through_a_port_forward(vm: qemu.VM, guest: Guest) -> None:
         guest.fail([f"systemctl is-enabled lighttpd: {enabled.strip()!r}, expected enabled"])
 
 
-def test_btrfs_root_boots(btrfs_image: VMImage, boot_vm) -> None:
-    vm, guest = boot_vm(btrfs_image)
-    boots_from_its_root(guest, "btrfs")
-    powered_off(vm)
-
-
 def test_xfs_root_boots_and_serves_through_a_port_forward(xfs_web_image: VMImage,
                                                           boot_vm) -> None:
     vm, guest = boot_vm(xfs_web_image, forwards=(22, 80))
-    boots_from_its_root(guest, "xfs")
+    guest.boots_from_its_root("xfs")
     serves_through_a_port_forward(vm, guest)
     powered_off(vm)

@@ -211,3 +211,21 @@ class Guest:
         if problems:
             self.fail(problems)  # names the failed units
         return facts
+
+    def boots_from_its_root(self, module: str) -> dict[str, str]:
+        """check_manifest, and a root on `module` that the initramfs has the module of and
+        GRUB read the kernel from (GRUB's prefix on it: BOOT_IMAGE=/boot/...).
+
+        Returns check_manifest's facts.
+        """
+        facts = self.check_manifest()
+        if facts["fstype"] != module:
+            self.fail([f"the root file system is {facts['fstype']}, expected {module}"])
+        initramfs = self.output("lsinitramfs /boot/initrd.img-$(uname -r)")
+        if f"/fs/{module}/{module}.ko" not in initramfs:
+            self.fail([f"the initramfs has no {module} module"])
+        cmdline = self.output("cat /proc/cmdline")
+        if not cmdline.startswith("BOOT_IMAGE=/boot/vmlinuz-"):
+            self.fail([f"/proc/cmdline does not start with BOOT_IMAGE=/boot/vmlinuz-: "
+                       f"{cmdline!r}"])
+        return facts
