@@ -4,4 +4,5 @@
 # golden in which null means "don't care" (both used by test/cases).
 # metrics: what osbuild-boot-test --json reports of a boot (milestones, systemd's view).
 # bootlog: what a boot's consoles and screen mean (failure signs, milestones), no qemu;
-# qemu: the machine itself (process, QMP, screen capture, artifacts).
+# qemu: the machine itself (process, screen capture, artifacts); qmp: speaking QMP
+# to a running qemu (verify.qemu's Monitor), nothing about booting.

@@ -8,7 +8,7 @@ qemu runs with -snapshot (the image is never written), a virtio disk (the
 only boot device), user networking with host port forwards on free local
 ports, the serial console in a unix socket that qemu also copies to
 serial.log, the org.osbuild.test virtio-serial port in marker.log, the BIOS
-debug port in firmware.log, and a QMP socket driven with qemu.qmp. Everything
+debug port in firmware.log, and a QMP socket driven with verify.qmp. Everything
 lives in one temp dir that is removed on the way out, after qemu is stopped
 (QMP quit, then SIGKILL); qemu also dies with the Python process that started
 it. When the block fails, or a boot does, the logs and a QMP screendump are
@@ -17,7 +17,6 @@ machine, firmware) is in verify.arches; what the consoles say of a boot (its
 milestones, its failure signs) in verify.bootlog.
 """
 
-import asyncio
 import ctypes
 import json
 import os
@@ -35,13 +34,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
-
 from osbuild.accel import Accel
 
 from .arches import Arch, accelerator, lookup, names
 from .bootlog import BOOT_SECONDS, LOGIN, SILENCE_SECONDS, BootResult, BootWatch
 from .console import SerialConsole
+from .qmp import Monitor, VMError
 from .ssh import SSH
 
 MARKER_PORT = "org.osbuild.test"
@@ -82,10 +80,6 @@ def _remove_dir(path: Path) -> None:
         _LIVE_DIRS.discard(path)
 
 
-class VMError(Exception):
-    """qemu could not be started or driven."""
-
-
 def image_format(image: Path) -> str:
     """qcow2, raw, vmdk, ...: qemu must be told, it refuses to guess raw with -snapshot."""
     out = subprocess.run(["qemu-img", "info", "--output=json", str(image)],
@@ -113,48 +107,6 @@ def default_artifacts() -> Path:
     which is often a source tree)."""
     env = os.environ.get(ARTIFACTS_ENV)
     return Path(env) if env else Path(tempfile.gettempdir()) / "osbuild-boot-artifacts"
-
-
-class Monitor:
-    """A synchronous QMP connection: qemu.qmp's client on a private event loop."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.loop = asyncio.new_event_loop()
-        self.client = QMPClient("osbuild-boot-test")
-
-    def _run(self, coro: Any, timeout: float) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-    def connect(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise VMError(f"qemu exited with {proc.returncode} before QMP was up")
-            if self.path.exists():
-                try:
-                    self._run(self.client.connect(str(self.path)), 5)
-                    return
-                except (TimeoutError, QMPError, OSError):
-                    pass
-            if time.monotonic() > deadline:
-                raise VMError(f"no QMP connection after {timeout:.0f}s")
-            time.sleep(0.1)
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float = 10) -> Any:
-        try:
-            return self._run(self.client.execute(command, arguments), timeout)
-        except (TimeoutError, QMPError, OSError) as e:
-            raise VMError(f"QMP {command}: {type(e).__name__}: {e}") from e
-
-    def close(self) -> None:
-        try:
-            self._run(self.client.disconnect(), 5)
-        except Exception:  # qemu.qmp re-raises whatever ended the session, EOF included
-            pass
-        finally:
-            self.loop.close()
 
 
 class VM:

@@ -25,8 +25,8 @@ TOOLKIT_MAX_LINES = 375  # "about 350": one concern per module
 # Boot knowledge: pure functions over console text and times, tested on recorded consoles.
 BOOT_KNOWLEDGE = ROOT / "verify" / "bootlog.py"
 # What drives a machine: qemu's harness, and the standard library's processes and sockets.
-DRIVING = ("verify.qemu", "verify.console", "verify.ssh", "subprocess", "socket", "asyncio",
-           "signal", "ctypes", "qemu")
+DRIVING = ("verify.qemu", "verify.qmp", "verify.console", "verify.ssh", "subprocess", "socket",
+           "asyncio", "signal", "ctypes", "qemu")
 
 
 def engine_modules() -> dict[str, Path]:
